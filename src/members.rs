@@ -40,7 +40,11 @@ impl IdSet {
     ///
     /// When `index` is out of bounds.
     pub fn get(&self, index: usize) -> &[u8] {
-        let start = if index == 0 { 0 } else { self.ends[index - 1] as usize };
+        let start = if index == 0 {
+            0
+        } else {
+            self.ends[index - 1] as usize
+        };
         &self.bytes[start..self.ends[index] as usize]
     }
 
@@ -115,7 +119,7 @@ impl IdSet {
         let ids_per_chunk = ids_per_chunk.max(1);
         (0..self.len()).step_by(ids_per_chunk).map(move |first| {
             let last = (first + ids_per_chunk).min(self.len());
-            encode(self.iter().skip(first).take(last - first))
+            encode((first..last).map(|i| self.get(i)))
         })
     }
 }
@@ -321,7 +325,8 @@ pub fn diff(current: &IdSet, acknowledged: &IdSet) -> Diff {
         }
     }
     out.adds.extend((i..current.len()).map(|i| i as u32));
-    out.removes.extend((j..acknowledged.len()).map(|j| j as u32));
+    out.removes
+        .extend((j..acknowledged.len()).map(|j| j as u32));
     out
 }
 
@@ -349,7 +354,10 @@ mod tests {
 
     #[test]
     fn large_input_sorts_on_two_threads() {
-        let ids: Vec<String> = (0..250_000u32).rev().map(|i| format!("u{}", i % 200_000)).collect();
+        let ids: Vec<String> = (0..250_000u32)
+            .rev()
+            .map(|i| format!("u{}", i % 200_000))
+            .collect();
         let s = IdSet::from_ids(ids.iter().map(|s| s.as_bytes()));
         assert_eq!(s.len(), 200_000);
         assert!(s.iter().zip(s.iter().skip(1)).all(|(a, b)| a < b));
