@@ -1,0 +1,133 @@
+//! Shared helpers for the end-to-end tests: a sandbox, a config pointing at it, and
+//! the real `cohort-sync` binary run against both.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use cohort_sync::sandbox::{FakeCohort, FakeMember, Sandbox, SandboxOptions};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_cohort-sync");
+
+/// A sandbox, a temporary directory and a config file in it.
+pub struct World {
+    /// The fake servers.
+    pub sandbox: Sandbox,
+    /// Holds the config, the state file and anything else a test writes.
+    pub dir: tempfile::TempDir,
+    /// The config file.
+    pub config: PathBuf,
+}
+
+impl World {
+    /// A sandbox with default keys and a config with the given `[[cohorts]]` entries
+    /// (and any extra TOML) appended to sandbox-pointing defaults.
+    pub async fn new(extra_toml: &str) -> World {
+        let sandbox = Sandbox::start(SandboxOptions::default())
+            .await
+            .expect("sandbox starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("cohort-sync.toml");
+        let world = World {
+            sandbox,
+            dir,
+            config,
+        };
+        world.write_config(extra_toml);
+        world
+    }
+
+    /// The default sections, pointing at the sandbox, with fast polling.
+    pub fn base_toml(&self) -> String {
+        let o = self.sandbox.options();
+        format!(
+            "[amplitude]\napi_key = \"{}\"\nsecret_key = \"{}\"\nbase_url = \"{}\"\n\
+             poll_interval = \"50ms\"\nexport_timeout = \"20s\"\n\n\
+             [oneflow]\napi_key = \"{}\"\nbase_url = \"{}\"\nbatch_size = 1000\n\n\
+             [state]\npath = \"state.db\"\n\n[server]\nlisten = \"\"\n\n",
+            o.amplitude_api_key,
+            o.amplitude_secret_key,
+            self.sandbox.amplitude_url(),
+            o.oneflow_api_key,
+            self.sandbox.oneflow_url(),
+        )
+    }
+
+    /// Rewrites the config file: the base sections plus `extra_toml`.
+    pub fn write_config(&self, extra_toml: &str) {
+        std::fs::write(&self.config, format!("{}{}", self.base_toml(), extra_toml))
+            .expect("write config");
+    }
+
+    /// The state file the config names.
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.path().join("state.db")
+    }
+
+    /// Runs `cohort-sync ARGS --config <config>` to completion (on a blocking thread).
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        let mut command = self.command(args);
+        tokio::task::spawn_blocking(move || command.output().expect("the binary runs"))
+            .await
+            .expect("join")
+    }
+
+    /// Starts `cohort-sync ARGS --config <config>` without waiting (stdout and stderr
+    /// piped).
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts")
+    }
+
+    /// The command line for `args` against this world's config.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env_remove("RUST_LOG")
+            .env_remove("COHORT_SYNC_CONFIG")
+            .current_dir(self.dir.path());
+        command
+    }
+}
+
+/// A cohort of `members` with the sandbox's default file options.
+pub fn cohort(id: &str, members: Vec<FakeMember>) -> FakeCohort {
+    FakeCohort::new(id, format!("Cohort {id}"), members)
+}
+
+/// A `[[cohorts]]` entry with a daily schedule and any extra keys.
+pub fn cohort_toml(id: &str, extra: &str) -> String {
+    format!("[[cohorts]]\namplitude_id = \"{id}\"\nschedule = \"daily\"\n{extra}\n")
+}
+
+/// The 1Flow ids a list should hold for these members: the non-anonymous user ids.
+pub fn expected(members: &[FakeMember]) -> BTreeSet<String> {
+    members
+        .iter()
+        .filter(|m| !m.user_id.is_empty())
+        .map(|m| m.user_id.clone())
+        .collect()
+}
+
+/// Stdout and stderr of a finished command, for assertion messages.
+pub fn text(output: &Output) -> String {
+    format!(
+        "status: {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Whether a path exists (for "wrote nothing" checks).
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
