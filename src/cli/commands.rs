@@ -35,6 +35,9 @@ pub struct SyncArgs {
     /// Start an export even when the monthly export budget is spent.
     #[arg(long)]
     force: bool,
+    /// Print one JSON object per cohort instead of the summary lines.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Loads and validates the config, or prints why not.
@@ -167,7 +170,11 @@ pub async fn sync(args: SyncArgs) -> ExitCode {
     let summaries = engine.pass(&selected, &options).await;
 
     for summary in &summaries {
-        println!("{}", summary.line());
+        if args.json {
+            println!("{}", summary.to_json());
+        } else {
+            println!("{}", summary.line());
+        }
     }
     if summaries.iter().all(|s| s.outcome.is_success()) {
         ExitCode::SUCCESS

@@ -4,6 +4,7 @@
 //! 2 for configuration and usage errors.
 
 mod commands;
+mod sandbox;
 
 pub use commands::{holder_name, open_store};
 mod status;
@@ -83,6 +84,9 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         addr: Option<String>,
     },
+    /// Serve the fake Amplitude, S3 and 1Flow servers with one generated cohort, for
+    /// experiments and the benchmark (commands on stdin; see the README).
+    Sandbox(sandbox::SandboxArgs),
     /// Run the whole pipeline against a local sandbox, with no accounts.
     Demo {
         /// Members of the sample cohort.
@@ -114,6 +118,7 @@ pub fn main() -> ExitCode {
             Command::Status { config, json } => status::status(&config.path(), json).await,
             Command::Run { config } => crate::daemon::run(config.path()).await,
             Command::Health { config, addr } => commands::health(&config.path(), addr).await,
+            Command::Sandbox(args) => sandbox::run(args).await,
             Command::Demo { members } => crate::demo::run(members).await,
         }
     })

@@ -185,33 +185,35 @@ async fn request_export(
         Err(refusal) => return refusal.into_response(),
     };
 
+    // The members are copied only when this set of columns was never rendered: a
+    // 2,000,000-member cohort is served from its cached body.
+    let requested = requested_props(query.as_deref());
     let found = {
         let state = shared.lock();
-        state
-            .cohort(project, &cohort_id)
-            .map(|c| (c.members.clone(), c.file, c.generation))
+        state.cohort(project, &cohort_id).map(|c| {
+            let props = match &requested {
+                _ if c.file.all_properties => Vec::new(),
+                Some(keys) if keys.is_empty() => all_property_keys(&c.members),
+                Some(keys) => keys.clone(),
+                None => Vec::new(),
+            };
+            let cached = c.bodies.get(&props).cloned();
+            let members = cached.is_none().then(|| c.members.clone());
+            (props, cached, members, c.file, c.generation)
+        })
     };
-    let Some((members, file, generation)) = found else {
+    let Some((props, cached, members, file, generation)) = found else {
         return envelope(
             StatusCode::NOT_FOUND,
             "Cohort not found",
             "No cohort has this id.",
         );
     };
-    let props = match requested_props(query.as_deref()) {
-        Some(keys) if keys.is_empty() => all_property_keys(&members),
-        Some(keys) => keys,
-        None => Vec::new(),
-    };
 
-    let cached = shared
-        .lock()
-        .cohort(project, &cohort_id)
-        .and_then(|c| c.bodies.get(&props).cloned());
-    let body = match cached {
-        Some(body) => body,
-        None => {
-            let keys = props.clone();
+    let body = match (cached, members) {
+        (Some(body), _) => body,
+        (None, members) => {
+            let (members, keys) = (members.unwrap_or_default(), props.clone());
             let rendered =
                 tokio::task::spawn_blocking(move || render_file(&members, &keys, &file)).await;
             let Ok(body) = rendered else {

@@ -72,6 +72,9 @@ pub struct FileOptions {
     pub delivery: Delivery,
     /// Serve only the first half of the body, then end the response cleanly.
     pub truncate: bool,
+    /// Include every property column in every export, whatever was requested (a wide
+    /// export, to show that memory follows the members, not the file).
+    pub all_properties: bool,
 }
 
 impl Default for FileOptions {
@@ -83,6 +86,7 @@ impl Default for FileOptions {
             crlf: false,
             delivery: Delivery::Redirect,
             truncate: false,
+            all_properties: false,
         }
     }
 }

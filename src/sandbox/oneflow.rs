@@ -168,7 +168,7 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
                     account: account.unwrap_or(0),
                     name: request.name,
                     cohort_id: request.cohort_id,
-                    members: HashSet::new(),
+                    members: HashSet::default(),
                     deleted: false,
                 });
                 state.oneflow_log[index].list_id = Some(list_id.clone());
@@ -260,7 +260,10 @@ fn apply(
         OfOp::Remove => ids.iter().for_each(|id| {
             list.members.remove(id);
         }),
-        _ => list.members.extend(ids),
+        _ => {
+            list.members.reserve(ids.len());
+            list.members.extend(ids);
+        }
     }
     Json(json!({ "ok": true })).into_response()
 }

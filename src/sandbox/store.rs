@@ -74,7 +74,7 @@ pub(super) struct FakeList {
     pub(super) account: usize,
     pub(super) name: String,
     pub(super) cohort_id: Option<String>,
-    pub(super) members: HashSet<String>,
+    pub(super) members: HashSet<String, xxhash_rust::xxh3::Xxh3DefaultBuilder>,
     pub(super) deleted: bool,
 }
 
@@ -243,7 +243,12 @@ impl State {
 /// Renders the cohort's file and stores it in the project, replacing a cohort with the
 /// same id. The render and the member comparison run outside the lock.
 pub(super) fn put_cohort(shared: &Shared, project: usize, cohort: FakeCohort) {
-    let base = render_file(&cohort.members, &[], &cohort.file);
+    let columns = if cohort.file.all_properties {
+        super::cohort::all_property_keys(&cohort.members)
+    } else {
+        Vec::new()
+    };
+    let base = render_file(&cohort.members, &columns, &cohort.file);
     let previous = {
         let state = shared.lock();
         state

@@ -215,6 +215,7 @@ async fn leased_run(
 
     // Waiting for and reading an export is abandoned on shutdown: the pending request
     // id is saved, so the next run resumes it without spending quota.
+    let export_started = Instant::now();
     let exported = tokio::select! {
         biased;
         () = cancel.cancelled() => {
@@ -223,6 +224,7 @@ async fn leased_run(
         exported = export(target, info, state.pending.as_ref(), Some(lease), options, summary) => exported,
     };
     let (parsed, computed) = exported?;
+    summary.export_duration = export_started.elapsed();
     summary.counts = parsed.counts;
     let acknowledged = store.load_acknowledged(&target.key).await?;
     guard(target, info, &parsed, &acknowledged, options)?;
@@ -232,6 +234,7 @@ async fn leased_run(
         None => create_list(target, info, lease).await?,
     };
     let current = &parsed.members;
+    let push_started = Instant::now();
     let pushed = push_diff(
         target,
         lease,
@@ -261,6 +264,8 @@ async fn leased_run(
         }
         other => other.map_err(ListGone::into_stop)?,
     };
+
+    summary.push_duration = push_started.elapsed();
 
     // Only a complete run marks the export as synced (which also clears the pending
     // export); a partial one keeps the request id so the next run reuses it.

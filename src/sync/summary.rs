@@ -81,6 +81,10 @@ pub struct Summary {
     pub acknowledged: u64,
     /// How long it took.
     pub duration: Duration,
+    /// Of that, waiting for, downloading and parsing the export.
+    pub export_duration: Duration,
+    /// Of that, pushing to 1Flow.
+    pub push_duration: Duration,
     /// The reason, for runs that did not sync.
     pub error: Option<String>,
     /// Whom the failure concerns, when the run failed.
@@ -103,9 +107,37 @@ impl Summary {
             exported: false,
             acknowledged: 0,
             duration: Duration::ZERO,
+            export_duration: Duration::ZERO,
+            push_duration: Duration::ZERO,
             error: None,
             scope: Scope::Run,
         }
+    }
+
+    /// The summary as one JSON object, for `sync --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let c = &self.counts;
+        serde_json::json!({
+            "cohort": self.cohort,
+            "result": self.outcome.as_str(),
+            "rows": c.rows,
+            "members": c.members,
+            "anonymous": c.anonymous,
+            "unmapped": c.unmapped,
+            "invalid": c.invalid,
+            "planned_adds": self.planned_adds,
+            "planned_removes": self.planned_removes,
+            "added": self.added,
+            "removed": self.removed,
+            "batches": self.batches,
+            "retries": self.retries,
+            "exported": self.exported,
+            "acknowledged": self.acknowledged,
+            "duration_secs": self.duration.as_secs_f64(),
+            "export_secs": self.export_duration.as_secs_f64(),
+            "push_secs": self.push_duration.as_secs_f64(),
+            "error": self.error,
+        })
     }
 
     /// The one line printed per cohort by `sync`.
