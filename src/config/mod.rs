@@ -64,6 +64,10 @@ pub const DEFAULT_ONEFLOW_MAX_RETRIES: u32 = 8;
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
 /// Default SQLite state file.
 pub const DEFAULT_STATE_PATH: &str = "/var/lib/cohort-sync/state.db";
+/// Default of `state.lease_ttl`.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+/// The shortest `state.lease_ttl` accepted: runs renew every third of it.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(3);
 /// Default log filter.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Default address of the metrics and health server.
@@ -242,6 +246,9 @@ pub struct StateConfig {
     pub path: Option<PathBuf>,
     /// `url`: a `postgres://` or `postgresql://` URL.
     pub url: Option<String>,
+    /// `lease_ttl`: how long a replica's claim on a cohort lasts without renewal; a
+    /// replica that dies mid-run is replaced after it (default 60s, at least 3s).
+    pub lease_ttl: Duration,
 }
 
 impl fmt::Debug for StateConfig {
@@ -257,6 +264,7 @@ impl fmt::Debug for StateConfig {
         f.debug_struct("StateConfig")
             .field("path", &self.path)
             .field("url", &url)
+            .field("lease_ttl", &self.lease_ttl)
             .finish()
     }
 }

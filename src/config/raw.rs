@@ -69,6 +69,7 @@ pub struct RawOneflow {
 pub struct RawState {
     pub path: Option<String>,
     pub url: Option<String>,
+    pub lease_ttl: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

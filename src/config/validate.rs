@@ -219,32 +219,32 @@ fn oneflow_block(raw: RawOneflow, key: &str, ctx: &Ctx) -> Result<OneflowConfig>
 }
 
 fn state(raw: RawState, ctx: &Ctx) -> Result<StateConfig> {
-    match (raw.path, raw.url) {
-        (Some(_), Some(_)) => Err(ctx.invalid(
-            "state.url",
-            "state.path and state.url are both set; use one (path for SQLite, url for PostgreSQL)",
-        )),
+    let lease_ttl = positive_duration(raw.lease_ttl, "state.lease_ttl", DEFAULT_LEASE_TTL, ctx)?;
+    if lease_ttl < MIN_LEASE_TTL {
+        return Err(ctx.invalid("state.lease_ttl", "must be at least 3s"));
+    }
+    let (path, url) = match (raw.path, raw.url) {
+        (Some(_), Some(_)) => {
+            return Err(ctx.invalid(
+                "state.url",
+                "state.path and state.url are both set; use one (path for SQLite, url for PostgreSQL)",
+            ));
+        }
         (None, Some(url)) => {
-            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                Ok(StateConfig {
-                    path: None,
-                    url: Some(url),
-                })
-            } else {
-                Err(ctx.invalid("state.url", "must start with postgres:// or postgresql://"))
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ctx.invalid("state.url", "must start with postgres:// or postgresql://"));
             }
+            (None, Some(url))
         }
         (Some(path), None) if path.trim().is_empty() => {
-            Err(ctx.invalid("state.path", "must not be empty"))
+            return Err(ctx.invalid("state.path", "must not be empty"));
         }
         (path, None) => {
             let path = ctx.resolve(path.as_deref().unwrap_or(DEFAULT_STATE_PATH));
-            Ok(StateConfig {
-                path: Some(path),
-                url: None,
-            })
+            (Some(path), None)
         }
-    }
+    };
+    Ok(StateConfig { path, url, lease_ttl })
 }
 
 fn log_level(raw: Option<String>, ctx: &Ctx) -> Result<String> {

@@ -134,6 +134,8 @@ pub struct CohortTarget {
     pub store: Store,
     /// This process's name, as lease holder.
     pub holder: String,
+    /// How long a lease lasts unless renewed, in milliseconds.
+    pub lease_ttl_ms: i64,
     /// The Amplitude project it comes from.
     pub amplitude: Arc<Project>,
     /// The 1Flow account it goes to.
@@ -248,6 +250,7 @@ impl Engine {
                 },
                 store: store.clone(),
                 holder: holder.to_owned(),
+                lease_ttl_ms: config.state.lease_ttl.as_millis() as i64,
                 amplitude: project,
                 oneflow: account,
                 source: Arc::new(cohort.user_id.clone()),

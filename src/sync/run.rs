@@ -24,8 +24,6 @@ use crate::state::{Lease, Op, PendingExport};
 
 /// How long a pending export's request id stays usable.
 const PENDING_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
-/// A lease lasts this long unless renewed; runs renew it every third of it.
-pub const LEASE_TTL_MS: i64 = 60_000;
 /// The mass-removal guard applies from this many acknowledged members.
 const MASS_REMOVAL_FLOOR: usize = 100;
 
@@ -139,7 +137,7 @@ async fn run_stages(
     }
 
     let lease = match store
-        .acquire_lease(&target.key, &target.holder, LEASE_TTL_MS)
+        .acquire_lease(&target.key, &target.holder, target.lease_ttl_ms)
         .await?
     {
         Some(lease) => lease,
@@ -184,15 +182,15 @@ fn spawn_renewer(
     mut lease: Lease,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<Option<Lease>> {
-    let store = target.store.clone();
+    let (store, ttl) = (target.store.clone(), target.lease_ttl_ms);
     tokio::spawn(async move {
-        let period = std::time::Duration::from_millis((LEASE_TTL_MS / 3) as u64);
+        let period = std::time::Duration::from_millis((ttl / 3) as u64);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return Some(lease),
                 () = tokio::time::sleep(period) => {}
             }
-            if let Err(error) = store.renew_lease(&mut lease, LEASE_TTL_MS).await {
+            if let Err(error) = store.renew_lease(&mut lease, ttl).await {
                 tracing::error!(%error, "Lost the cohort's lease; stopping the run.");
                 cancel.cancel();
                 return None;
