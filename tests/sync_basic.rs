@@ -136,25 +136,33 @@ async fn small_world() -> (World, Vec<FakeMember>) {
     (world, members)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn amplitude_500s_are_retried_on_request_status_and_file() {
-    for endpoint in [AmpEndpoint::Request, AmpEndpoint::Status, AmpEndpoint::File] {
-        let (world, members) = small_world().await;
-        world.sandbox.faults().fail_next(endpoint, 2, 500, None);
+/// Two 500s from `endpoint`, then success: the sync succeeds with every member.
+async fn amplitude_500s_then_success(endpoint: AmpEndpoint) {
+    let (world, members) = small_world().await;
+    world.sandbox.faults().fail_next(endpoint, 2, 500, None);
 
-        let output = world.cli(&["sync"]).await;
-        assert!(output.status.success(), "{endpoint:?}\n{}", text(&output));
-        assert_eq!(
-            world.sandbox.faults().fired(FaultKind::fail(endpoint)),
-            2,
-            "{endpoint:?}"
-        );
-        assert_eq!(
-            world.sandbox.members_of_cohort("c1"),
-            Some(expected(&members)),
-            "{endpoint:?}"
-        );
-    }
+    let output = world.cli(&["sync"]).await;
+    assert!(output.status.success(), "{endpoint:?}\n{}", text(&output));
+    assert_eq!(world.sandbox.faults().fired(FaultKind::fail(endpoint)), 2);
+    assert_eq!(
+        world.sandbox.members_of_cohort("c1"),
+        Some(expected(&members))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amplitude_request_500s_are_retried() {
+    amplitude_500s_then_success(AmpEndpoint::Request).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amplitude_status_500s_are_retried() {
+    amplitude_500s_then_success(AmpEndpoint::Status).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amplitude_file_500s_are_retried() {
+    amplitude_500s_then_success(AmpEndpoint::File).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,4 +611,48 @@ fn help_for_every_subcommand_and_version() {
 
     let output = run(&["no-such-command"]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_fails_mid_push_resumes_into_the_same_list_and_export() {
+    let world = World::new("").await;
+    let members = sample_members(2_500, 0.02, 11);
+    world.sandbox.put_cohort(cohort("c1", members.clone()));
+    let base = world.base_toml().replace(
+        "batch_size = 1000\n",
+        "batch_size = 1000\nmax_retries = 0\nconcurrency = 1\n",
+    );
+    world.write_config_with_base(&base, &cohort_toml("c1", ""));
+    // The first add is refused and retries are off: the run fails after the list exists.
+    world.sandbox.faults().fail_next(OfOp::Add, 1, 500, None);
+
+    let first = world.cli(&["sync"]).await;
+    assert_eq!(first.status.code(), Some(1), "{}", text(&first));
+    assert_eq!(world.sandbox.lists().len(), 1);
+    assert_eq!(world.sandbox.export_requests("c1"), 1);
+
+    let second = world.cli(&["sync"]).await;
+    assert!(second.status.success(), "{}", text(&second));
+    assert_eq!(
+        world.sandbox.lists().len(),
+        1,
+        "{:?}",
+        world.sandbox.lists()
+    );
+    assert_eq!(
+        world.sandbox.export_requests("c1"),
+        1,
+        "the pending export is reused"
+    );
+    assert_eq!(
+        world.sandbox.members_of_cohort("c1"),
+        Some(expected(&members))
+    );
+    let status = world.status_json().await;
+    assert_eq!(
+        status["cohorts"][0]["acknowledged"],
+        expected(&members).len(),
+        "{status}"
+    );
+    assert!(status["cohorts"][0]["pending_export"].is_null(), "{status}");
 }
