@@ -37,6 +37,18 @@ pub enum ExportError {
         /// The header row, as found.
         header: String,
     },
+    /// The id column is a user property that is empty in every row: no member has the
+    /// property, so the setting almost surely names the wrong one.
+    #[error(
+        "the export's `{column}` column is empty in all {rows} rows: no member has the user \
+         property {column} (check the cohort's user_id)"
+    )]
+    EmptyColumn {
+        /// The property the cohort's `user_id` setting names.
+        column: String,
+        /// The data rows read.
+        rows: u64,
+    },
     /// The file is empty: not even a header row.
     #[error("the export file is empty (no header row)")]
     Empty,
@@ -49,6 +61,15 @@ impl ExportError {
     /// Whether downloading the file again may help (a cut connection or stream).
     pub fn is_transient(&self) -> bool {
         matches!(self, ExportError::Read(_))
+    }
+
+    /// Whether the file lacks a usable id column for the cohort's `user_id` setting, so
+    /// an export requested with other settings cannot serve this one.
+    pub fn is_column_error(&self) -> bool {
+        matches!(
+            self,
+            ExportError::MissingColumn { .. } | ExportError::EmptyColumn { .. }
+        )
     }
 }
 
@@ -159,6 +180,15 @@ pub fn parse(
         }
     }
     progress.rows.store(counts.rows, Ordering::Relaxed);
+    if let UserIdSource::Property(name) = source
+        && counts.rows > 0
+        && counts.anonymous == counts.rows
+    {
+        return Err(ExportError::EmptyColumn {
+            column: name.clone(),
+            rows: counts.rows,
+        });
+    }
 
     let members = builder.finish();
     counts.members = members.len() as u64;
@@ -284,6 +314,25 @@ mod tests {
         let error = parse_bytes(b"amplitude_id\n1\n", &UserIdSource::UserId).unwrap_err();
         assert!(error.to_string().contains("`user_id`"), "{error}");
         assert!(!error.is_transient());
+    }
+
+    #[test]
+    fn a_property_column_empty_in_every_row_is_an_error() {
+        let text = "amplitude_id,user_id,nope\n1,u1,\n2,u2,\n";
+        let nope = UserIdSource::Property("nope".into());
+        let error = parse_bytes(text.as_bytes(), &nope).unwrap_err();
+        assert!(
+            matches!(error, ExportError::EmptyColumn { rows: 2, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("`nope`"), "{error}");
+        assert!(error.is_column_error() && !error.is_transient());
+
+        // Empty user ids are anonymous members, not a misconfiguration.
+        let anonymous = parse_bytes(b"amplitude_id,user_id\n1,\n", &UserIdSource::UserId);
+        assert_eq!(anonymous.unwrap().counts.anonymous, 1);
+        let some = "amplitude_id,user_id,nope\n1,u1,\n2,u2,x\n";
+        assert_eq!(ids(&parse_bytes(some.as_bytes(), &nope).unwrap()), ["x"]);
     }
 
     #[test]

@@ -298,8 +298,8 @@ async fn export(
 
     match fetch(target, &request_id).await {
         Ok(parsed) => Ok((parsed, computed)),
-        Err(FetchError::Amplitude(AmplitudeError::NotFound { .. })) if reusable.is_some() => {
-            tracing::warn!(%request_id, "Amplitude no longer knows the pending export; starting a new one.");
+        Err(error) if reusable.is_some() && unusable_pending(&error) => {
+            tracing::warn!(%request_id, %error, "The pending export cannot serve this run; starting a new one.");
             let (request_id, computed) =
                 start_export(target, info, lease, options, summary).await?;
             let parsed = fetch(target, &request_id)
@@ -308,6 +308,17 @@ async fn export(
             Ok((parsed, computed))
         }
         Err(error) => Err(fetch_stop(&request_id, error)),
+    }
+}
+
+/// Whether a pending export's failure means it can never serve this cohort: Amplitude
+/// no longer knows it, or its file lacks the column the cohort's `user_id` needs (it
+/// was requested before that setting changed) and would fail every run until it expired.
+fn unusable_pending(error: &FetchError) -> bool {
+    match error {
+        FetchError::Amplitude(AmplitudeError::NotFound { .. }) => true,
+        FetchError::Amplitude(_) => false,
+        FetchError::Export(error) => error.is_column_error(),
     }
 }
 

@@ -131,3 +131,27 @@ pub fn text(output: &Output) -> String {
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+/// Stdout and stderr of a finished command, together (for "never appears" checks).
+pub fn all_output(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+impl World {
+    /// Rewrites the config file with `base` (a variant of [`World::base_toml`]) plus
+    /// `extra_toml`.
+    pub fn write_config_with_base(&self, base: &str, extra_toml: &str) {
+        std::fs::write(&self.config, format!("{base}{extra_toml}")).expect("write config");
+    }
+
+    /// `status --json`, parsed.
+    pub async fn status_json(&self) -> serde_json::Value {
+        let output = self.cli(&["status", "--json"]).await;
+        assert!(output.status.success(), "{}", text(&output));
+        serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
+    }
+}
