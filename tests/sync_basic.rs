@@ -449,6 +449,16 @@ async fn a_missing_property_column_fails_naming_it_and_pushes_nothing() {
     assert!(world.sandbox.oneflow_requests().is_empty());
     assert!(world.sandbox.lists().is_empty());
 
+    // While the setting stays wrong, runs fail on the same export without spending
+    // quota on new ones.
+    let output = world.cli(&["sync"]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert_eq!(
+        world.sandbox.export_requests("c1"),
+        1,
+        "no new export for the same config"
+    );
+
     // Fixing the setting is enough: the next run does not reuse the export that was
     // requested without the right property column.
     world.write_config(&cohort_toml("c1", "user_id = \"property:email\""));

@@ -232,7 +232,9 @@ fn state(raw: RawState, ctx: &Ctx) -> Result<StateConfig> {
         }
         (None, Some(url)) => {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(ctx.invalid("state.url", "must start with postgres:// or postgresql://"));
+                return Err(
+                    ctx.invalid("state.url", "must start with postgres:// or postgresql://")
+                );
             }
             (None, Some(url))
         }
@@ -244,7 +246,11 @@ fn state(raw: RawState, ctx: &Ctx) -> Result<StateConfig> {
             (Some(path), None)
         }
     };
-    Ok(StateConfig { path, url, lease_ttl })
+    Ok(StateConfig {
+        path,
+        url,
+        lease_ttl,
+    })
 }
 
 fn log_level(raw: Option<String>, ctx: &Ctx) -> Result<String> {

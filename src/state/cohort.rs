@@ -20,6 +20,7 @@ type CohortRow = (
     Option<String>,
     Option<i64>,
     Option<String>,
+    Option<String>,
     i64,
     i64,
     i64,
@@ -45,7 +46,7 @@ impl Store {
     /// [`StateError::Query`] when the database fails.
     pub async fn cohort(&self, key: &CohortKey) -> Result<CohortState, StateError> {
         let sql = "SELECT c.list_id, c.synced_computed, c.pending_request_id, \
-            c.pending_started_at, c.pending_computed, c.snapshot_count, \
+            c.pending_started_at, c.pending_computed, c.pending_properties, c.snapshot_count, \
             (SELECT COUNT(*) FROM journal j WHERE j.project = c.project \
              AND j.cohort_id = c.cohort_id AND j.account = c.account), \
             (SELECT CAST(COALESCE(SUM(CASE WHEN j.op = 'add' THEN j.id_count \
@@ -68,6 +69,7 @@ impl Store {
             request_id,
             started_at,
             computed,
+            properties,
             snapshot,
             batches,
             net,
@@ -79,6 +81,7 @@ impl Store {
             request_id,
             started_at: started_at.unwrap_or_default(),
             computed,
+            properties,
         });
         Ok(CohortState {
             list_id,
@@ -233,7 +236,8 @@ impl Store {
         let update = match synced_computed {
             Some(_) => {
                 "UPDATE cohorts SET snapshot_count = $4, synced_computed = $5, \
-                 pending_request_id = NULL, pending_started_at = NULL, pending_computed = NULL \
+                 pending_request_id = NULL, pending_started_at = NULL, pending_computed = NULL, \
+                 pending_properties = NULL \
                  WHERE project = $1 AND cohort_id = $2 AND account = $3"
             }
             None => {
@@ -287,12 +291,14 @@ impl Store {
     ) -> Result<(), StateError> {
         const ACTION: &str = "record the pending export";
         let sql = "UPDATE cohorts SET pending_request_id = $4, pending_started_at = $5, \
-                   pending_computed = $6 WHERE project = $1 AND cohort_id = $2 AND account = $3";
+                   pending_computed = $6, pending_properties = $7 \
+                   WHERE project = $1 AND cohort_id = $2 AND account = $3";
         fenced!(self, lease, ACTION, |tx, _now| {
             keyed(sql, &lease.key)
                 .bind(pending.map(|p| p.request_id.as_str()))
                 .bind(pending.map(|p| p.started_at))
                 .bind(pending.and_then(|p| p.computed.as_deref()))
+                .bind(pending.and_then(|p| p.properties.as_deref()))
                 .execute(&mut *tx)
                 .await
                 .map_err(StateError::query(ACTION))?;

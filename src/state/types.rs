@@ -81,6 +81,9 @@ pub struct PendingExport {
     pub started_at: i64,
     /// The cohort's `lastComputed` when it was requested.
     pub computed: Option<String>,
+    /// The user properties it was requested with, comma-separated (`None` when
+    /// unknown, for exports recorded before this was kept).
+    pub properties: Option<String>,
 }
 
 /// Whether a confirmed batch added ids to the list or removed them.

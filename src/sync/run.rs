@@ -298,7 +298,7 @@ async fn export(
 
     match fetch(target, &request_id).await {
         Ok(parsed) => Ok((parsed, computed)),
-        Err(error) if reusable.is_some() && unusable_pending(&error) => {
+        Err(error) if reusable.is_some_and(|p| unusable_pending(&error, p, target)) => {
             tracing::warn!(%request_id, %error, "The pending export cannot serve this run; starting a new one.");
             let (request_id, computed) =
                 start_export(target, info, lease, options, summary).await?;
@@ -312,13 +312,18 @@ async fn export(
 }
 
 /// Whether a pending export's failure means it can never serve this cohort: Amplitude
-/// no longer knows it, or its file lacks the column the cohort's `user_id` needs (it
-/// was requested before that setting changed) and would fail every run until it expired.
-fn unusable_pending(error: &FetchError) -> bool {
+/// no longer knows it, or its file lacks the column the cohort's `user_id` needs because
+/// it was requested with other properties (the setting changed since). When it was
+/// requested with the same properties, the column is missing from Amplitude's data and a
+/// new export would fail the same way, so none is started.
+fn unusable_pending(error: &FetchError, pending: &PendingExport, target: &CohortTarget) -> bool {
     match error {
         FetchError::Amplitude(AmplitudeError::NotFound { .. }) => true,
         FetchError::Amplitude(_) => false,
-        FetchError::Export(error) => error.is_column_error(),
+        FetchError::Export(error) => {
+            let wanted = target.source.properties().join(",");
+            error.is_column_error() && pending.properties.as_deref() != Some(wanted.as_str())
+        }
     }
 }
 
@@ -395,6 +400,7 @@ async fn start_export(
             request_id: request_id.clone(),
             started_at: chrono::Utc::now().timestamp_millis(),
             computed: info.last_computed.clone(),
+            properties: Some(properties.join(",")),
         };
         target.store.set_pending(lease, Some(&pending)).await?;
     }

@@ -56,7 +56,13 @@ async fn migrations_are_idempotent_on_reopen(kind: Kind) {
         store: f.reopen().await,
         ..f
     };
-    assert_eq!(f.scalar("SELECT COUNT(*) FROM _sqlx_migrations").await, 1);
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+        .unwrap()
+        .count() as i64;
+    assert_eq!(
+        f.scalar("SELECT COUNT(*) FROM _sqlx_migrations").await,
+        migrations
+    );
     f.cleanup().await;
 }
 
@@ -150,6 +156,7 @@ async fn compaction_replaces_snapshot_and_journal(kind: Kind) {
         request_id: "req-1".into(),
         started_at: START,
         computed: Some("t1".into()),
+        properties: None,
     };
     f.store.set_pending(&lease, Some(&pending)).await.unwrap();
     f.store
@@ -292,6 +299,7 @@ async fn stale_lease_writes_change_nothing(kind: Kind) {
         request_id: "req".into(),
         started_at: 1,
         computed: None,
+        properties: None,
     };
     let record = RunRecord {
         run_id: "r1".into(),
@@ -337,6 +345,7 @@ async fn pending_export_and_list_reset(kind: Kind) {
         request_id: "req-7".into(),
         started_at: 1234,
         computed: Some("2026-12-01T00:00:00".into()),
+        properties: None,
     };
     f.store.set_list_id(&lease, Some("L1")).await.unwrap();
     f.store.set_pending(&lease, Some(&pending)).await.unwrap();
