@@ -165,6 +165,13 @@ impl Metrics {
         self.runs.get_or_create(&result).inc();
     }
 
+    /// Sets the acknowledged members of a cohort (read from the state store at start).
+    pub fn set_acknowledged(&self, target: &CohortTarget, acknowledged: u64) {
+        self.acknowledged
+            .get_or_create(&labels(target))
+            .set(i64::try_from(acknowledged).unwrap_or(i64::MAX));
+    }
+
     /// Counts a fire skipped because the previous run still went on.
     pub fn skipped_fire(&self, target: &CohortTarget) {
         self.skipped_fires.get_or_create(&labels(target)).inc();

@@ -1,8 +1,8 @@
 //! The daemon's HTTP endpoints: `/healthz`, `/readyz` and `/metrics`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -20,26 +20,41 @@ pub const HEARTBEAT_STALE: Duration = Duration::from_secs(30);
 
 /// What the endpoints report on, shared with the scheduler.
 pub struct Health {
-    /// Milliseconds since the epoch of the scheduler's last heartbeat.
-    pub heartbeat_ms: AtomicI64,
+    /// When the scheduler's supervising loop last ran (a monotonic clock, so a host
+    /// that slept does not look dead when it wakes).
+    heartbeat: Mutex<tokio::time::Instant>,
     /// Whether a valid config is loaded.
-    pub config_loaded: AtomicBool,
+    config_loaded: AtomicBool,
     /// The state store, pinged by `/readyz`.
-    pub store: Store,
+    store: Store,
     /// The metrics `/metrics` renders.
-    pub metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl Health {
+    /// Health of a daemon using `store` and `metrics`; alive now, not yet ready.
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Health {
+        Health {
+            heartbeat: Mutex::new(tokio::time::Instant::now()),
+            config_loaded: AtomicBool::new(false),
+            store,
+            metrics,
+        }
+    }
+
     /// Records that the scheduler is alive now.
     pub fn beat(&self) {
-        self.heartbeat_ms
-            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+        *self.heartbeat.lock().unwrap_or_else(PoisonError::into_inner) = tokio::time::Instant::now();
+    }
+
+    /// Marks whether a valid config is loaded (for `/readyz`).
+    pub fn set_config_loaded(&self, loaded: bool) {
+        self.config_loaded.store(loaded, Ordering::Relaxed);
     }
 
     fn alive(&self) -> bool {
-        let age = chrono::Utc::now().timestamp_millis() - self.heartbeat_ms.load(Ordering::Relaxed);
-        age < HEARTBEAT_STALE.as_millis() as i64
+        let last = *self.heartbeat.lock().unwrap_or_else(PoisonError::into_inner);
+        last.elapsed() < HEARTBEAT_STALE
     }
 }
 

@@ -4,6 +4,7 @@
 //! watch is on the file's directory, and an event only counts when the file's content
 //! changed. Bursts of events are debounced into one reload.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,6 +13,19 @@ use tokio::sync::mpsc;
 
 /// Quiet time after the last event before a reload.
 const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// Whether a directory event may have changed the file called `name`: it names the file,
+/// or a `..`-prefixed entry (Kubernetes swaps a `..data` symlink under mounted files), or
+/// no path at all (an overflow, when anything may have changed).
+fn concerns(event: &notify::Event, name: Option<&OsStr>) -> bool {
+    if event.paths.is_empty() {
+        return true;
+    }
+    event.paths.iter().any(|path| {
+        let file = path.file_name();
+        file == name || file.is_some_and(|f| f.as_encoded_bytes().starts_with(b".."))
+    })
+}
 
 /// A channel that yields `()` once per settled change of `path`'s content. If the
 /// directory cannot be watched, it logs a warning and never yields (SIGHUP still works).
@@ -23,8 +37,9 @@ pub fn watch_file(path: &Path) -> mpsc::Receiver<()> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_owned();
+    let name = path.file_name().map(ToOwned::to_owned);
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|event| concerns(&event, name.as_deref())) {
             let _ = events.send(());
         }
     });
