@@ -26,8 +26,9 @@ use crate::sync::{CohortTarget, RunOptions, Scope, Summary, Trigger};
 
 /// The longest single sleep; the wall clock is checked again after it.
 pub const MAX_SLEEP: Duration = Duration::from_secs(30);
-/// How long a project's cohort listing is reused by cohorts firing together.
-const LISTING_TTL: Duration = Duration::from_secs(15);
+/// How long a project's cohort listing is reused by cohorts firing together. Short, so a
+/// cohort recomputed just before its fire is seen as changed.
+const LISTING_TTL: Duration = Duration::from_secs(2);
 
 /// Where the scheduler reads the time. Tests use [`TokioClock`] on a paused runtime.
 pub trait Clock: Send + Sync {
