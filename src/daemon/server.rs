@@ -44,7 +44,10 @@ impl Health {
 
     /// Records that the scheduler is alive now.
     pub fn beat(&self) {
-        *self.heartbeat.lock().unwrap_or_else(PoisonError::into_inner) = tokio::time::Instant::now();
+        *self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = tokio::time::Instant::now();
     }
 
     /// Marks whether a valid config is loaded (for `/readyz`).
@@ -53,7 +56,10 @@ impl Health {
     }
 
     fn alive(&self) -> bool {
-        let last = *self.heartbeat.lock().unwrap_or_else(PoisonError::into_inner);
+        let last = *self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         last.elapsed() < HEARTBEAT_STALE
     }
 }

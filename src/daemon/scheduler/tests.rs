@@ -180,7 +180,10 @@ async fn a_fire_during_a_run_is_skipped_and_counted() {
     // Fires at 0.5, 1.5, ... 9.5; each run lasts 2.5 s, so two of every three are skipped.
     assert_eq!(runner.starts_of("c1"), vec![0.5, 3.5, 6.5, 9.5]);
     assert_eq!(runner.max_active(), 1);
-    assert_eq!(metric(&metrics, "cohort_sync_skipped_fires_total", "c1"), 6.0);
+    assert_eq!(
+        metric(&metrics, "cohort_sync_skipped_fires_total", "c1"),
+        6.0
+    );
     assert_eq!(metric(&metrics, "cohort_sync_runs_total", "c1"), 3.0);
 }
 
@@ -257,7 +260,10 @@ async fn a_removed_cohort_finishes_its_run_and_a_readded_one_never_overlaps_it()
     // The run from 5.5 lasts until 8.3: the new task's fires at 6.5 and 7.5 are skipped.
     assert_eq!(runner.starts_of("c1"), vec![0.5, 5.5, 8.5]);
     assert_eq!(runner.max_active(), 1);
-    assert_eq!(metric(&metrics, "cohort_sync_skipped_fires_total", "c1"), 2.0);
+    assert_eq!(
+        metric(&metrics, "cohort_sync_skipped_fires_total", "c1"),
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -294,7 +300,10 @@ async fn refused_credentials_hold_the_project_until_a_reload() {
 
     assert_eq!(runner.starts_of("c1"), vec![0.5, 3.5]);
     assert_eq!(runner.starts_of("c2"), vec![0.5, 3.5]);
-    assert_eq!(metric(&metrics, "cohort_sync_skipped_fires_total", "c1"), 0.0);
+    assert_eq!(
+        metric(&metrics, "cohort_sync_skipped_fires_total", "c1"),
+        0.0
+    );
 }
 
 #[tokio::test]
