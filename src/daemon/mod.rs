@@ -9,6 +9,8 @@
 pub mod metrics;
 pub mod scheduler;
 pub mod server;
+#[cfg(test)]
+mod test_rig;
 mod watch;
 
 use std::path::{Path, PathBuf};

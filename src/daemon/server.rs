@@ -130,3 +130,57 @@ pub async fn serve(
     });
     Ok((bound, task))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::test_rig::Rig;
+
+    async fn get(url: String) -> (u16, String) {
+        let response = reqwest::get(url).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn endpoints_answer_health_readiness_and_metrics() {
+        let rig = Rig::unpaused().await;
+        let health = Arc::new(Health::new(rig.store.clone(), Arc::new(Metrics::new())));
+        let stop = CancellationToken::new();
+        let (bound, task) = serve("127.0.0.1:0".parse().unwrap(), health.clone(), stop.clone())
+            .await
+            .unwrap();
+
+        assert_eq!(
+            get(format!("http://{bound}/healthz")).await,
+            (200, "ok\n".into())
+        );
+        let (status, body) = get(format!("http://{bound}/readyz")).await;
+        assert_eq!((status, body.as_str()), (503, "config not loaded\n"));
+        health.set_config_loaded(true);
+        assert_eq!(get(format!("http://{bound}/readyz")).await.0, 200);
+        let (status, body) = get(format!("http://{bound}/metrics")).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("cohort_sync_leases_held 0"), "{body}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
+
+        rig.store.close().await;
+        let (status, body) = get(format!("http://{bound}/readyz")).await;
+        assert_eq!(status, 503);
+        assert!(body.starts_with("state store"), "{body}");
+
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_scheduler_counts_as_dead_when_its_heartbeat_is_stale() {
+        let rig = Rig::new().await;
+        let health = Health::new(rig.store.clone(), Arc::new(Metrics::new()));
+        assert!(health.alive());
+
+        tokio::time::advance(HEARTBEAT_STALE + Duration::from_secs(1)).await;
+        assert!(!health.alive());
+        health.beat();
+        assert!(health.alive());
+    }
+}

@@ -78,3 +78,52 @@ pub fn watch_file(path: &Path) -> mpsc::Receiver<()> {
     });
     receiver
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a change arrives within `wait`.
+    async fn changed(changes: &mut mpsc::Receiver<()>, wait: Duration) -> bool {
+        tokio::time::timeout(wait, changes.recv()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn only_real_changes_of_the_file_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "a = 1\n").unwrap();
+        let mut changes = watch_file(&path);
+        let settle = DEBOUNCE * 3;
+
+        // Other files in the directory (such as the state database) do not count.
+        std::fs::write(dir.path().join("state.db"), "x").unwrap();
+        assert!(!changed(&mut changes, settle).await);
+
+        // Writing it in place counts once, however many events the write makes.
+        std::fs::write(&path, "a = 2\n").unwrap();
+        std::fs::write(&path, "a = 3\n").unwrap();
+        assert!(changed(&mut changes, settle * 2).await);
+        assert!(!changed(&mut changes, settle).await);
+
+        // The same content again is no change.
+        std::fs::write(&path, "a = 3\n").unwrap();
+        assert!(!changed(&mut changes, settle).await);
+
+        // Replacing it by rename, as editors do, counts.
+        let temp = dir.path().join(".config.toml.swp");
+        std::fs::write(&temp, "a = 4\n").unwrap();
+        std::fs::rename(&temp, &path).unwrap();
+        assert!(changed(&mut changes, settle * 2).await);
+    }
+
+    #[test]
+    fn events_of_other_files_are_ignored() {
+        let name = Some(OsStr::new("config.toml"));
+        let event = |path: &str| notify::Event::default().add_path(PathBuf::from(path));
+        assert!(concerns(&event("/etc/cohort-sync/config.toml"), name));
+        assert!(concerns(&event("/etc/cohort-sync/..data"), name));
+        assert!(concerns(&notify::Event::default(), name));
+        assert!(!concerns(&event("/etc/cohort-sync/state.db-wal"), name));
+    }
+}

@@ -3,12 +3,11 @@
 //! and shutdown, each checked against the exact instants runs started.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use chrono::TimeZone;
 
+use super::super::test_rig::Rig;
 use super::*;
-use crate::state::Store;
 use crate::sync::Outcome;
 
 /// When every test's wall clock starts: half a second before a whole second, so no
@@ -99,45 +98,6 @@ impl Clock for JumpClock {
     fn now(&self) -> DateTime<Utc> {
         self.base.now() + *self.jump.lock().unwrap()
     }
-}
-
-/// A temporary directory with a state store; plans are built from configs written there.
-struct Rig {
-    dir: tempfile::TempDir,
-    store: Store,
-}
-
-impl Rig {
-    /// Opens the store on the real clock (SQLite's pool has timers of its own), then
-    /// pauses tokio's clock for the rest of the test.
-    async fn new() -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("state.db"))
-            .await
-            .unwrap();
-        tokio::time::pause();
-        Rig { dir, store }
-    }
-
-    /// Plans for `(id, schedule, extra keys)` cohorts.
-    fn plans(&self, cohorts: &[(&str, &str, &str)]) -> Vec<Plan> {
-        let mut text = "[amplitude]\napi_key = \"a\"\nsecret_key = \"s\"\n\
-                        [oneflow]\napi_key = \"o\"\n[state]\npath = \"state.db\"\n"
-            .to_owned();
-        for (id, schedule, extra) in cohorts {
-            text.push_str(&format!(
-                "[[cohorts]]\namplitude_id = \"{id}\"\nschedule = \"{schedule}\"\n{extra}\n"
-            ));
-        }
-        let path = self.dir.path().join("config.toml");
-        std::fs::write(&path, text).unwrap();
-        load(&path, &self.store)
-    }
-}
-
-fn load(path: &Path, store: &Store) -> Vec<Plan> {
-    let config = crate::config::load(path, &HashMap::new()).unwrap();
-    super::super::plans(&config, store, "test").unwrap()
 }
 
 fn scheduler_with(runner: &Arc<FakeRunner>, clock: Arc<dyn Clock>) -> (Scheduler, Arc<Metrics>) {
