@@ -4,11 +4,13 @@ use std::fmt::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::commands::{load_config, open_store};
 use crate::amplitude::CohortInfo;
 use crate::config::{CohortConfig, Config, UserIdSource};
+use crate::schedule::Schedule;
 use crate::state::{CohortKey, RunRecord};
 use crate::sync::DEFAULT_NAME;
 
@@ -32,12 +34,15 @@ pub fn describe_config(config: &Config) -> String {
     }
     let _ = writeln!(out, "Cohorts: {}", config.cohorts.len());
     for cohort in &config.cohorts {
-        out.push_str(&describe_cohort(cohort));
+        out.push_str(&describe_cohort(cohort, chrono::Utc::now()));
     }
     out
 }
 
-fn describe_cohort(cohort: &CohortConfig) -> String {
+/// How many upcoming fire times `check` shows per cohort.
+const UPCOMING_FIRES: usize = 3;
+
+fn describe_cohort(cohort: &CohortConfig, now: DateTime<Utc>) -> String {
     let mut out = String::new();
     let name = cohort.name.as_deref().unwrap_or("(Amplitude's name)");
     let enabled = if cohort.enabled { "" } else { "  [disabled]" };
@@ -47,6 +52,7 @@ fn describe_cohort(cohort: &CohortConfig) -> String {
         "    schedule:  {} ({})",
         cohort.schedule, cohort.timezone
     );
+    describe_fires(&mut out, cohort, now);
     let source = match &cohort.user_id {
         UserIdSource::UserId => "user_id".to_owned(),
         UserIdSource::AmplitudeId => "amplitude_id".to_owned(),
@@ -83,6 +89,37 @@ fn describe_cohort(cohort: &CohortConfig) -> String {
         );
     }
     out
+}
+
+/// The cohort's next fire times after `now`, in UTC and in its zone.
+fn describe_fires(out: &mut String, cohort: &CohortConfig, now: DateTime<Utc>) {
+    // Loading validated the schedule, so this only fails for configs built by hand.
+    let Ok(schedule) = cohort.parsed_schedule() else {
+        return;
+    };
+    if !cohort.enabled {
+        let _ = writeln!(out, "    next:      never (disabled)");
+        return;
+    }
+    if matches!(schedule.schedule, Schedule::Once) {
+        let _ = writeln!(
+            out,
+            "    next:      fires once, when the daemon starts (and when this entry changes)"
+        );
+        return;
+    }
+    let zone = cohort.timezone;
+    for (i, fire) in schedule.upcoming(now, UPCOMING_FIRES).iter().enumerate() {
+        let label = if i == 0 { "next:" } else { "then:" };
+        let local = fire.with_timezone(&zone);
+        let _ = writeln!(
+            out,
+            "    {label:<10} {} UTC  ({} {})",
+            fire.format("%Y-%m-%d %H:%M:%S"),
+            local.format("%Y-%m-%d %H:%M:%S %:z"),
+            zone.name()
+        );
+    }
 }
 
 /// The table `cohorts` prints.
@@ -312,4 +349,63 @@ fn render(report: &serde_json::Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn london_cohort(schedule: &str) -> CohortConfig {
+        CohortConfig {
+            amplitude_id: "c1".into(),
+            name: None,
+            schedule: schedule.into(),
+            timezone: chrono_tz::Europe::London,
+            user_id: UserIdSource::UserId,
+            transform: Default::default(),
+            lookup: None,
+            enabled: true,
+            max_removal_ratio: 0.5,
+            amplitude_project: None,
+            oneflow_account: None,
+        }
+    }
+
+    fn fire_lines(text: &str) -> Vec<&str> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("next:") || l.starts_with("then:"))
+            .collect()
+    }
+
+    #[test]
+    fn check_shows_three_fires_in_utc_and_local_time_across_a_dst_gap() {
+        let now = Utc.with_ymd_and_hms(2025, 3, 28, 12, 0, 0).unwrap();
+        let text = describe_cohort(&london_cohort("30 1 * * *"), now);
+        // 01:30 does not exist on 30 March in London: that fire comes when the gap ends.
+        assert_eq!(
+            fire_lines(&text),
+            vec![
+                "next:      2025-03-29 01:30:00 UTC  (2025-03-29 01:30:00 +00:00 Europe/London)",
+                "then:      2025-03-30 01:00:00 UTC  (2025-03-30 02:00:00 +01:00 Europe/London)",
+                "then:      2025-03-31 00:30:00 UTC  (2025-03-31 01:30:00 +01:00 Europe/London)",
+            ]
+        );
+    }
+
+    #[test]
+    fn check_says_once_and_disabled_instead_of_times() {
+        let now = Utc.with_ymd_and_hms(2025, 3, 28, 12, 0, 0).unwrap();
+        let once = describe_cohort(&london_cohort("once"), now);
+        assert_eq!(
+            fire_lines(&once),
+            vec!["next:      fires once, when the daemon starts (and when this entry changes)"]
+        );
+        let mut disabled = london_cohort("daily");
+        disabled.enabled = false;
+        let text = describe_cohort(&disabled, now);
+        assert_eq!(fire_lines(&text), vec!["next:      never (disabled)"]);
+    }
 }

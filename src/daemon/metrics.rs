@@ -165,6 +165,13 @@ impl Metrics {
         self.runs.get_or_create(&result).inc();
     }
 
+    /// Sets the acknowledged members of a cohort (read from the state store at start).
+    pub fn set_acknowledged(&self, target: &CohortTarget, acknowledged: u64) {
+        self.acknowledged
+            .get_or_create(&labels(target))
+            .set(i64::try_from(acknowledged).unwrap_or(i64::MAX));
+    }
+
     /// Counts a fire skipped because the previous run still went on.
     pub fn skipped_fire(&self, target: &CohortTarget) {
         self.skipped_fires.get_or_create(&labels(target)).inc();
@@ -215,5 +222,74 @@ fn labels(target: &CohortTarget) -> CohortLabels {
         cohort: target.cohort.amplitude_id.clone(),
         project: target.key.project.clone(),
         account: target.key.account.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::test_rig::Rig;
+
+    #[tokio::test]
+    async fn a_run_shows_up_per_cohort_with_no_member_labels() {
+        let rig = Rig::unpaused().await;
+        let plans = rig.plans(&[("c1", "daily", ""), ("c2", "hourly", "")]);
+        let metrics = Metrics::new();
+        for plan in &plans {
+            metrics.register_cohort(&plan.target);
+        }
+        let mut summary = Summary::new("c1".into());
+        summary.outcome = Outcome::Synced;
+        summary.added = 7;
+        summary.removed = 2;
+        summary.retries = 3;
+        summary.acknowledged = 40;
+        summary.duration = std::time::Duration::from_millis(1500);
+        metrics.observe(&plans[0].target, &summary);
+        metrics.skipped_fire(&plans[0].target);
+        metrics.quota("default", 12, 500);
+
+        let text = metrics.render();
+        let c1 = r#"cohort="c1",project="default",account="default""#;
+        for line in [
+            format!("cohort_sync_adds_total{{{c1}}} 7"),
+            format!("cohort_sync_removes_total{{{c1}}} 2"),
+            format!("cohort_sync_retries_total{{{c1}}} 3"),
+            format!("cohort_sync_acknowledged_members{{{c1}}} 40"),
+            format!("cohort_sync_last_run_duration_seconds{{{c1}}} 1.5"),
+            format!("cohort_sync_skipped_fires_total{{{c1}}} 1"),
+            format!("cohort_sync_runs_total{{{c1},result=\"synced\"}} 1"),
+            r#"cohort_sync_skipped_fires_total{cohort="c2",project="default",account="default"} 0"#
+                .to_owned(),
+            r#"cohort_sync_exports_used{project="default"} 12"#.to_owned(),
+            r#"cohort_sync_export_budget{project="default"} 500"#.to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(text.contains("cohort_sync_last_success_timestamp_seconds{"));
+        let labels: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('{'))
+            .flat_map(|(_, rest)| rest.split('}').next().unwrap_or("").split(','))
+            .filter_map(|pair| pair.split_once('=').map(|(k, _)| k))
+            .collect();
+        let allowed = ["account", "cohort", "project", "result"];
+        assert!(labels.iter().all(|l| allowed.contains(l)), "{labels:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_keeps_the_last_success() {
+        let rig = Rig::unpaused().await;
+        let plans = rig.plans(&[("c1", "daily", "")]);
+        let metrics = Metrics::new();
+        let mut summary = Summary::new("c1".into());
+        summary.acknowledged = 99;
+        metrics.observe(&plans[0].target, &summary);
+
+        let text = metrics.render();
+        assert!(text.contains(r#"result="failed"} 1"#), "{text}");
+        assert!(!text.contains("cohort_sync_last_success_timestamp_seconds{"));
+        assert!(!text.contains("cohort_sync_acknowledged_members{"));
     }
 }

@@ -7,8 +7,10 @@
 //! each task its new plan; the `once` schedule fires when its entry is new or changed.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -20,12 +22,13 @@ use super::metrics::Metrics;
 use crate::config::CohortConfig;
 use crate::schedule::{CohortSchedule, Schedule};
 use crate::state::CohortKey;
-use crate::sync::{CohortTarget, RunOptions, Scope, Trigger};
+use crate::sync::{CohortTarget, RunOptions, Scope, Summary, Trigger};
 
 /// The longest single sleep; the wall clock is checked again after it.
-const MAX_SLEEP: Duration = Duration::from_secs(30);
-/// How long a project's cohort listing is reused by cohorts firing together.
-const LISTING_TTL: Duration = Duration::from_secs(15);
+pub const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// How long a project's cohort listing is reused by cohorts firing together. Short, so a
+/// cohort recomputed just before its fire is seen as changed.
+const LISTING_TTL: Duration = Duration::from_secs(2);
 
 /// Where the scheduler reads the time. Tests use [`TokioClock`] on a paused runtime.
 pub trait Clock: Send + Sync {
@@ -65,6 +68,64 @@ impl Clock for TokioClock {
     }
 }
 
+/// A future that runs one cohort once and says how it went.
+pub type RunFuture = Pin<Box<dyn Future<Output = Summary> + Send>>;
+
+/// Runs one cohort once. The daemon uses [`SyncRunner`]; tests bring their own.
+pub trait Runner: Send + Sync {
+    /// Runs `target` once as a scheduled run; `cancel` fires at shutdown, when the run
+    /// lets its batches in flight finish and starts no new ones.
+    fn run(&self, target: Arc<CohortTarget>, cancel: CancellationToken) -> RunFuture;
+}
+
+/// The real runner: lists the project's cohorts (shared briefly between cohorts that
+/// fire together), runs the sync pipeline, and refreshes the project's quota gauges.
+pub struct SyncRunner {
+    /// Where the quota gauges go.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Runner for SyncRunner {
+    fn run(&self, target: Arc<CohortTarget>, cancel: CancellationToken) -> RunFuture {
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let options = RunOptions::new(Trigger::Scheduled, cancel);
+            let summary = match target.amplitude.list_cached(LISTING_TTL).await {
+                Ok(cohorts) => {
+                    let info = cohorts.iter().find(|c| c.id == target.cohort.amplitude_id);
+                    crate::sync::run_logged(&target, info, &options).await
+                }
+                Err(error) => listing_failed(&target, &options, &error),
+            };
+            super::refresh_quota(&metrics, &target).await;
+            summary
+        })
+    }
+}
+
+/// The summary (and log line) of a run that could not list the project's cohorts.
+fn listing_failed(
+    target: &CohortTarget,
+    options: &RunOptions,
+    error: &crate::amplitude::AmplitudeError,
+) -> Summary {
+    let span = tracing::info_span!(
+        "run",
+        cohort = %target.cohort.amplitude_id,
+        project = %target.key.project,
+        account = %target.key.account,
+        run_id = %options.run_id,
+    );
+    let _entered = span.enter();
+    let mut summary = Summary::new(target.label());
+    summary.error = Some(format!("listing the project's cohorts failed: {error}"));
+    if error.is_unauthorized() {
+        summary.scope = Scope::Project;
+    }
+    crate::sync::record_log(&summary);
+    summary
+}
+
 /// A cohort's target and schedule, as of the latest config.
 pub struct Plan {
     /// What a run needs.
@@ -73,47 +134,76 @@ pub struct Plan {
     pub schedule: CohortSchedule,
 }
 
+/// Credentials that were refused; cohorts using them do not run until the next reload.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Blocked {
+    Project(String),
+    Account(String),
+}
+
 /// What every cohort task shares.
 pub struct Shared {
     /// The time source.
     pub clock: Arc<dyn Clock>,
     /// Metrics to update after each run.
     pub metrics: Arc<Metrics>,
+    /// Runs a cohort once.
+    pub runner: Arc<dyn Runner>,
     /// Tracks run tasks, so shutdown can wait for them.
     pub runs: TaskTracker,
     /// Fires on shutdown: no new fires.
     pub stop_firing: CancellationToken,
     /// Fires on shutdown: runs stop launching batches.
     pub stop_runs: CancellationToken,
-    /// Projects and accounts whose credentials were refused, until the next reload.
-    pub blocked: Mutex<HashSet<(String, String)>>,
-    /// Runs started, for tests and the status line.
-    pub started: std::sync::atomic::AtomicU64,
+    /// Runs started since the process started.
+    pub started: AtomicU64,
+    blocked: Mutex<HashSet<Blocked>>,
 }
 
 impl Shared {
-    /// Shared state for a scheduler reading `clock`.
-    pub fn new(clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Shared {
+    /// Shared state for a scheduler reading `clock` and running cohorts with `runner`.
+    pub fn new(clock: Arc<dyn Clock>, metrics: Arc<Metrics>, runner: Arc<dyn Runner>) -> Shared {
         Shared {
             clock,
             metrics,
+            runner,
             runs: TaskTracker::new(),
             stop_firing: CancellationToken::new(),
             stop_runs: CancellationToken::new(),
+            started: AtomicU64::new(0),
             blocked: Mutex::new(HashSet::new()),
-            started: Default::default(),
         }
     }
-}
 
-struct CohortTask {
-    plan: watch::Sender<Option<Arc<Plan>>>,
+    fn blocked(&self) -> MutexGuard<'_, HashSet<Blocked>> {
+        self.blocked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Why `target` may not run now, if its credentials were refused since the last load.
+    fn block_reason(&self, target: &CohortTarget) -> Option<String> {
+        let blocked = self.blocked();
+        if blocked.contains(&Blocked::Project(target.key.project.clone())) {
+            Some(format!(
+                "Amplitude project {} refused its credentials",
+                target.key.project
+            ))
+        } else if blocked.contains(&Blocked::Account(target.key.account.clone())) {
+            Some(format!(
+                "1Flow account {} refused its API key",
+                target.key.account
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 /// The set of cohort tasks, updated by [`Scheduler::apply`] on each (re)load.
 pub struct Scheduler {
     shared: Arc<Shared>,
-    tasks: HashMap<CohortKey, CohortTask>,
+    tasks: HashMap<CohortKey, watch::Sender<Arc<Plan>>>,
+    // Kept across removal, so a cohort removed and added again while its old run is
+    // still going does not start a second, overlapping run.
     running: HashMap<CohortKey, Arc<AtomicBool>>,
 }
 
@@ -127,10 +217,11 @@ impl Scheduler {
         }
     }
 
-    /// Starts added cohorts, hands changed ones their new plan, and stops removed
-    /// ones (after their run in flight). Refused credentials are forgiven.
+    /// Starts added cohorts, hands changed ones their new plan (a changed schedule takes
+    /// effect at once, changed credentials at the next run), and stops removed ones after
+    /// their run in flight. Refused credentials are forgiven.
     pub fn apply(&mut self, plans: Vec<Plan>) {
-        self.shared.blocked.lock().expect("blocked lock").clear();
+        self.shared.blocked().clear();
         let mut keep = HashSet::new();
         for plan in plans {
             let key = plan.target.key.clone();
@@ -139,21 +230,21 @@ impl Scheduler {
             let plan = Arc::new(plan);
             match self.tasks.get(&key) {
                 Some(task) => {
-                    task.plan.send_replace(Some(plan));
+                    task.send_replace(plan);
                 }
                 None => {
-                    let (sender, receiver) = watch::channel(Some(plan));
+                    let (sender, receiver) = watch::channel(plan);
                     let running = self.running.entry(key.clone()).or_default().clone();
                     tokio::spawn(cohort_loop(self.shared.clone(), receiver, running));
-                    self.tasks.insert(key, CohortTask { plan: sender });
+                    self.tasks.insert(key, sender);
                 }
             }
         }
-        self.tasks.retain(|key, task| {
+        // Dropping a sender ends its task's loop; a run in flight goes on in its own task.
+        self.tasks.retain(|key, _| {
             let kept = keep.contains(key);
             if !kept {
-                tracing::info!(cohort = %key.cohort_id, "Cohort removed from the config; stopping it.");
-                task.plan.send_replace(None);
+                tracing::info!(cohort = %key.cohort_id, project = %key.project, account = %key.account, "Cohort removed from the config; it stops after any run in flight.");
             }
             kept
         });
@@ -175,25 +266,28 @@ impl Scheduler {
     }
 }
 
+/// One cohort's timer: sleeps until the next fire, fires, repeats, following new plans.
 async fn cohort_loop(
     shared: Arc<Shared>,
-    mut plans: watch::Receiver<Option<Arc<Plan>>>,
+    mut plans: watch::Receiver<Arc<Plan>>,
     running: Arc<AtomicBool>,
 ) {
     let mut once_fired_for: Option<CohortConfig> = None;
     let mut last_fire: Option<DateTime<Utc>> = None;
     loop {
-        let Some(plan) = plans.borrow_and_update().clone() else {
-            return;
-        };
+        let plan = plans.borrow_and_update().clone();
         let now = shared.clock.now();
+        // Never before the last fire, so a clock set back does not fire the same time twice.
         let after = last_fire.map_or(now, |last| last.max(now));
-        let fire_at = match plan.schedule.schedule {
-            Schedule::Once if once_fired_for.as_ref() != Some(&plan.target.cohort) => Some(now),
-            Schedule::Once => None,
-            _ => plan.schedule.next_after(after),
+        let is_once = matches!(plan.schedule.schedule, Schedule::Once);
+        let fire_at = if is_once {
+            (once_fired_for.as_ref() != Some(&plan.target.cohort)).then_some(now)
+        } else {
+            plan.schedule.next_after(after)
         };
+
         tokio::select! {
+            biased;
             () = shared.stop_firing.cancelled() => return,
             changed = plans.changed() => {
                 if changed.is_err() {
@@ -203,7 +297,8 @@ async fn cohort_loop(
             }
             () = sleep_until(shared.clock.as_ref(), fire_at) => {}
         }
-        if matches!(plan.schedule.schedule, Schedule::Once) {
+
+        if is_once {
             once_fired_for = Some(plan.target.cohort.clone());
         }
         last_fire = fire_at;
@@ -211,14 +306,16 @@ async fn cohort_loop(
     }
 }
 
-/// Sleeps until the wall clock reads `at`, forever when `at` is `None`.
+/// Sleeps until the wall clock reads `at`, forever when `at` is `None`. Sleeps are at
+/// most [`MAX_SLEEP`] each, so a wall clock that jumped (host sleep) is noticed soon.
 async fn sleep_until(clock: &dyn Clock, at: Option<DateTime<Utc>>) {
     let Some(at) = at else {
         return std::future::pending().await;
     };
     loop {
-        let left = at - clock.now();
-        let Ok(left) = left.to_std() else { return };
+        let Ok(left) = (at - clock.now()).to_std() else {
+            return;
+        };
         if left.is_zero() {
             return;
         }
@@ -226,72 +323,58 @@ async fn sleep_until(clock: &dyn Clock, at: Option<DateTime<Utc>>) {
     }
 }
 
+/// Clears a cohort's running flag when its run task ends, even by panic.
+struct RunningGuard(Arc<AtomicBool>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Starts a run of `plan`, unless the previous one is still going or its credentials
+/// were refused.
 fn fire(shared: &Arc<Shared>, plan: &Arc<Plan>, running: &Arc<AtomicBool>) {
-    let target = &plan.target;
+    let target = plan.target.clone();
+    let cohort = target.cohort.amplitude_id.as_str();
     if running.swap(true, Ordering::AcqRel) {
-        tracing::warn!(cohort = %target.cohort.amplitude_id, "The previous run is still going; this fire is skipped.");
-        shared.metrics.skipped_fire(target);
+        tracing::warn!(
+            cohort,
+            schedule = %plan.schedule.spec,
+            "The previous run is still going; this fire is skipped."
+        );
+        shared.metrics.skipped_fire(&target);
         return;
     }
-    let blocked = {
-        let blocked = shared.blocked.lock().expect("blocked lock");
-        if blocked.contains(&("project".to_owned(), target.key.project.clone())) {
-            Some(format!(
-                "Amplitude project {} refused its credentials",
-                target.key.project
-            ))
-        } else if blocked.contains(&("account".to_owned(), target.key.account.clone())) {
-            Some(format!(
-                "1Flow account {} refused its API key",
-                target.key.account
-            ))
-        } else {
-            None
-        }
-    };
-    if let Some(reason) = blocked {
-        tracing::error!(cohort = %target.cohort.amplitude_id, reason, "Not running until the config changes.");
-        running.store(false, Ordering::Release);
+    let guard = RunningGuard(running.clone());
+    if let Some(reason) = shared.block_reason(&target) {
+        tracing::error!(
+            cohort,
+            reason,
+            "Not running until the config is reloaded with working credentials."
+        );
         return;
     }
 
     shared.started.fetch_add(1, Ordering::Relaxed);
-    let (shared, plan, running) = (shared.clone(), plan.clone(), running.clone());
+    let shared = shared.clone();
     shared.runs.clone().spawn(async move {
-        let target = &plan.target;
-        let options = RunOptions::new(Trigger::Scheduled, shared.stop_runs.clone());
-        let summary = match target.amplitude.list_cached(LISTING_TTL).await {
-            Ok(cohorts) => {
-                let info = cohorts.iter().find(|c| c.id == target.cohort.amplitude_id);
-                crate::sync::run_logged(target, info, &options).await
-            }
-            Err(error) => {
-                let mut summary = crate::sync::Summary::new(target.label());
-                summary.error = Some(format!("listing the project's cohorts failed: {error}"));
-                if error.is_unauthorized() {
-                    summary.scope = Scope::Project;
-                }
-                crate::sync::record_log(&summary);
-                summary
-            }
-        };
-        shared.metrics.observe(target, &summary);
-        let scope = match summary.scope {
+        let _guard = guard;
+        let summary = shared
+            .runner
+            .run(target.clone(), shared.stop_runs.clone())
+            .await;
+        shared.metrics.observe(&target, &summary);
+        let blocked = match summary.scope {
             Scope::Run => None,
-            Scope::Project => Some(("project".to_owned(), target.key.project.clone())),
-            Scope::Account => Some(("account".to_owned(), target.key.account.clone())),
+            Scope::Project => Some(Blocked::Project(target.key.project.clone())),
+            Scope::Account => Some(Blocked::Account(target.key.account.clone())),
         };
-        if let Some(scope) = scope {
-            shared.blocked.lock().expect("blocked lock").insert(scope);
+        if let Some(blocked) = blocked {
+            shared.blocked().insert(blocked);
         }
-        let month = Utc::now().format("%Y-%m").to_string();
-        if let Ok(used) = target.store.exports_used(&target.key.project, &month).await {
-            shared.metrics.quota(
-                &target.key.project,
-                used,
-                target.amplitude.config.monthly_export_budget,
-            );
-        }
-        running.store(false, Ordering::Release);
     });
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,8 +1,8 @@
 //! The daemon's HTTP endpoints: `/healthz`, `/readyz` and `/metrics`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -20,26 +20,47 @@ pub const HEARTBEAT_STALE: Duration = Duration::from_secs(30);
 
 /// What the endpoints report on, shared with the scheduler.
 pub struct Health {
-    /// Milliseconds since the epoch of the scheduler's last heartbeat.
-    pub heartbeat_ms: AtomicI64,
+    /// When the scheduler's supervising loop last ran (a monotonic clock, so a host
+    /// that slept does not look dead when it wakes).
+    heartbeat: Mutex<tokio::time::Instant>,
     /// Whether a valid config is loaded.
-    pub config_loaded: AtomicBool,
+    config_loaded: AtomicBool,
     /// The state store, pinged by `/readyz`.
-    pub store: Store,
+    store: Store,
     /// The metrics `/metrics` renders.
-    pub metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl Health {
+    /// Health of a daemon using `store` and `metrics`; alive now, not yet ready.
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Health {
+        Health {
+            heartbeat: Mutex::new(tokio::time::Instant::now()),
+            config_loaded: AtomicBool::new(false),
+            store,
+            metrics,
+        }
+    }
+
     /// Records that the scheduler is alive now.
     pub fn beat(&self) {
-        self.heartbeat_ms
-            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+        *self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = tokio::time::Instant::now();
+    }
+
+    /// Marks whether a valid config is loaded (for `/readyz`).
+    pub fn set_config_loaded(&self, loaded: bool) {
+        self.config_loaded.store(loaded, Ordering::Relaxed);
     }
 
     fn alive(&self) -> bool {
-        let age = chrono::Utc::now().timestamp_millis() - self.heartbeat_ms.load(Ordering::Relaxed);
-        age < HEARTBEAT_STALE.as_millis() as i64
+        let last = *self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        last.elapsed() < HEARTBEAT_STALE
     }
 }
 
@@ -108,4 +129,58 @@ pub async fn serve(
         }
     });
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::test_rig::Rig;
+
+    async fn get(url: String) -> (u16, String) {
+        let response = reqwest::get(url).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn endpoints_answer_health_readiness_and_metrics() {
+        let rig = Rig::unpaused().await;
+        let health = Arc::new(Health::new(rig.store.clone(), Arc::new(Metrics::new())));
+        let stop = CancellationToken::new();
+        let (bound, task) = serve("127.0.0.1:0".parse().unwrap(), health.clone(), stop.clone())
+            .await
+            .unwrap();
+
+        assert_eq!(
+            get(format!("http://{bound}/healthz")).await,
+            (200, "ok\n".into())
+        );
+        let (status, body) = get(format!("http://{bound}/readyz")).await;
+        assert_eq!((status, body.as_str()), (503, "config not loaded\n"));
+        health.set_config_loaded(true);
+        assert_eq!(get(format!("http://{bound}/readyz")).await.0, 200);
+        let (status, body) = get(format!("http://{bound}/metrics")).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("cohort_sync_leases_held 0"), "{body}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
+
+        rig.store.close().await;
+        let (status, body) = get(format!("http://{bound}/readyz")).await;
+        assert_eq!(status, 503);
+        assert!(body.starts_with("state store"), "{body}");
+
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_scheduler_counts_as_dead_when_its_heartbeat_is_stale() {
+        let rig = Rig::new().await;
+        let health = Health::new(rig.store.clone(), Arc::new(Metrics::new()));
+        assert!(health.alive());
+
+        tokio::time::advance(HEARTBEAT_STALE + Duration::from_secs(1)).await;
+        assert!(!health.alive());
+        health.beat();
+        assert!(health.alive());
+    }
 }
