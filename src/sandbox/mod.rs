@@ -317,6 +317,19 @@ impl Sandbox {
         self.shared.lock().oneflow_log.clone()
     }
 
+    /// Removes ids from a list directly, as someone editing it on the 1Flow side would;
+    /// nothing is logged as a request. Returns how many were members; 0 if there is no
+    /// such list.
+    pub fn remove_members<S: AsRef<str>>(&self, list_id: &str, ids: &[S]) -> usize {
+        let mut state = self.shared.lock();
+        let Some(list) = state.list_mut(list_id) else {
+            return 0;
+        };
+        ids.iter()
+            .filter(|id| list.members.remove(id.as_ref()))
+            .count()
+    }
+
     /// Deletes a list: later adds and removes to it answer 404. False if there is none.
     pub fn delete_list(&self, list_id: &str) -> bool {
         let mut state = self.shared.lock();

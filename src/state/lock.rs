@@ -59,9 +59,45 @@ pub fn lock_sqlite(path: &Path) -> Result<SqliteLock, StateError> {
     }
 }
 
+/// Waits for the exclusive lock on `<path>.open.lock`, held until the file is dropped.
+///
+/// Every process that opens the state file may create it, switch it to WAL and apply
+/// pending migrations, and SQLite cannot have two do that at once (a second first
+/// connection gets "database is locked"; two migrators both see a migration missing and
+/// the second fails on the tables the first made). Holding this lock meanwhile makes them
+/// take turns. It is separate from [`lock_sqlite`]'s lock, which a daemon holds for its
+/// whole life, so that `status` can still open the file.
+///
+/// # Errors
+///
+/// [`StateError::LockFile`] when the file cannot be created or locked.
+pub(crate) async fn open_lock(path: &Path) -> Result<File, StateError> {
+    let lock_path = with_suffix(path, ".open.lock");
+    let failed = |cause| StateError::LockFile {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        file.lock()?;
+        Ok(file)
+    })
+    .await
+    .map_err(|join| failed(std::io::Error::other(join.to_string())))?;
+    locked.map_err(failed)
+}
+
 fn lock_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".lock")
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = OsString::from(path.as_os_str());
-    name.push(".lock");
+    name.push(suffix);
     PathBuf::from(name)
 }
 

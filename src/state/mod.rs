@@ -177,6 +177,10 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
             .foreign_keys(true);
+        // Creating the file, switching it to WAL and migrating it are done by one opener
+        // at a time: SQLite refuses concurrent first connections with "database is locked"
+        // and lets two migrators both apply the same migration.
+        let turn = lock::open_lock(path).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(SQLITE_MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -188,6 +192,7 @@ impl Store {
             .run(&pool)
             .await
             .map_err(StateError::Migrate)?;
+        drop(turn);
         Ok(Store::new(Pool::Sqlite(pool)))
     }
 

@@ -288,6 +288,18 @@ async fn export(
 ) -> Result<(Parsed, Option<String>), Stop> {
     let now = chrono::Utc::now().timestamp_millis();
     let reusable = pending.filter(|p| now - p.started_at < PENDING_LIFETIME_MS);
+    // An export of an older computation would only be synced to be replaced by the next
+    // run's export; worse, a guard that held it would hold it again on every run.
+    let reusable = match reusable {
+        Some(p) if is_stale(p, info) => {
+            tracing::info!(
+                request_id = %p.request_id,
+                "The cohort was recomputed since the pending export; starting a new one."
+            );
+            None
+        }
+        other => other,
+    };
     let (request_id, computed) = match reusable {
         Some(p) => {
             tracing::info!(request_id = %p.request_id, "Resuming the pending export.");
@@ -324,6 +336,14 @@ fn unusable_pending(error: &FetchError, pending: &PendingExport, target: &Cohort
             let wanted = target.source.properties().join(",");
             error.is_column_error() && pending.properties.as_deref() != Some(wanted.as_str())
         }
+    }
+}
+
+/// Whether Amplitude recomputed the cohort after `pending` was requested.
+fn is_stale(pending: &PendingExport, info: &CohortInfo) -> bool {
+    match (&pending.computed, &info.last_computed) {
+        (Some(then), Some(now)) => then != now,
+        _ => false,
     }
 }
 
@@ -665,4 +685,37 @@ async fn dry_run(
         sample(&acknowledged, &diff.removes)
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(computed: Option<&str>) -> PendingExport {
+        PendingExport {
+            request_id: "r1".into(),
+            started_at: 0,
+            computed: computed.map(str::to_owned),
+            properties: None,
+        }
+    }
+
+    fn info(last_computed: Option<&str>) -> CohortInfo {
+        CohortInfo {
+            id: "c1".into(),
+            name: "C1".into(),
+            size: None,
+            archived: false,
+            last_computed: last_computed.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_pending_export_is_stale_only_when_the_cohort_was_recomputed() {
+        assert!(!is_stale(&pending(Some("100")), &info(Some("100"))));
+        assert!(is_stale(&pending(Some("100")), &info(Some("160"))));
+        // Without both timestamps nothing says it is stale: keep the quota.
+        assert!(!is_stale(&pending(None), &info(Some("160"))));
+        assert!(!is_stale(&pending(Some("100")), &info(None)));
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use cohort_sync::sandbox::{FakeCohort, FakeMember, Sandbox, SandboxOptions};
+use cohort_sync::sandbox::{FakeCohort, FakeMember, OfOp, Sandbox, SandboxOptions};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_cohort-sync");
@@ -19,12 +19,22 @@ pub struct World {
     pub dir: tempfile::TempDir,
     /// The config file.
     pub config: PathBuf,
+    /// Extra keys of the `[amplitude]` section.
+    pub amplitude_keys: String,
+    /// Extra keys of the `[oneflow]` section.
+    pub oneflow_keys: String,
 }
 
 impl World {
     /// A sandbox with default keys and a config with the given `[[cohorts]]` entries
     /// (and any extra TOML) appended to sandbox-pointing defaults.
     pub async fn new(extra_toml: &str) -> World {
+        World::with_keys("", "", extra_toml).await
+    }
+
+    /// Like [`World::new`], with extra keys (TOML lines) in the `[amplitude]` and
+    /// `[oneflow]` sections.
+    pub async fn with_keys(amplitude_keys: &str, oneflow_keys: &str, extra_toml: &str) -> World {
         let sandbox = Sandbox::start(SandboxOptions::default())
             .await
             .expect("sandbox starts");
@@ -34,6 +44,8 @@ impl World {
             sandbox,
             dir,
             config,
+            amplitude_keys: amplitude_keys.to_owned(),
+            oneflow_keys: oneflow_keys.to_owned(),
         };
         world.write_config(extra_toml);
         world
@@ -44,14 +56,16 @@ impl World {
         let o = self.sandbox.options();
         format!(
             "[amplitude]\napi_key = \"{}\"\nsecret_key = \"{}\"\nbase_url = \"{}\"\n\
-             poll_interval = \"50ms\"\nexport_timeout = \"20s\"\n\n\
-             [oneflow]\napi_key = \"{}\"\nbase_url = \"{}\"\nbatch_size = 1000\n\n\
+             poll_interval = \"50ms\"\nexport_timeout = \"20s\"\n{}\n\n\
+             [oneflow]\napi_key = \"{}\"\nbase_url = \"{}\"\nbatch_size = 1000\n{}\n\n\
              [state]\npath = \"state.db\"\n\n[server]\nlisten = \"\"\n\n",
             o.amplitude_api_key,
             o.amplitude_secret_key,
             self.sandbox.amplitude_url(),
+            self.amplitude_keys,
             o.oneflow_api_key,
             self.sandbox.oneflow_url(),
+            self.oneflow_keys,
         )
     }
 
@@ -141,6 +155,20 @@ pub fn all_output(output: &Output) -> String {
     )
 }
 
+/// Ids carried by the logged 1Flow requests of `op`, whatever they were answered.
+pub fn ids_sent(requests: &[cohort_sync::sandbox::OneflowRequest], op: OfOp) -> usize {
+    requests.iter().filter(|r| r.op == op).map(|r| r.ids).sum()
+}
+
+/// Ids carried by the logged 1Flow requests of `op` that were answered 2xx.
+pub fn ids_confirmed(requests: &[cohort_sync::sandbox::OneflowRequest], op: OfOp) -> usize {
+    requests
+        .iter()
+        .filter(|r| r.op == op && (200..300).contains(&r.status))
+        .map(|r| r.ids)
+        .sum()
+}
+
 impl World {
     /// Rewrites the config file with `base` (a variant of [`World::base_toml`]) plus
     /// `extra_toml`.
@@ -148,10 +176,28 @@ impl World {
         std::fs::write(&self.config, format!("{base}{extra_toml}")).expect("write config");
     }
 
-    /// `status --json`, parsed.
+    /// `cohort-sync status --json`, parsed; panics when it fails.
     pub async fn status_json(&self) -> serde_json::Value {
         let output = self.cli(&["status", "--json"]).await;
         assert!(output.status.success(), "{}", text(&output));
         serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
+    }
+
+    /// The status entry of one cohort, by Amplitude id.
+    pub async fn cohort_status(&self, cohort_id: &str) -> serde_json::Value {
+        let status = self.status_json().await;
+        status["cohorts"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["amplitude_id"] == cohort_id).cloned())
+            .unwrap_or_else(|| panic!("no cohort {cohort_id} in {status}"))
+    }
+
+    /// The 1Flow list id the state store holds for a cohort.
+    pub async fn list_id(&self, cohort_id: &str) -> String {
+        let status = self.cohort_status(cohort_id).await;
+        status["list_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no list id in {status}"))
+            .to_owned()
     }
 }

@@ -248,3 +248,21 @@ async fn hang_holds_requests_unanswered() {
     assert_eq!(sandbox.oneflow_requests()[0].status, 0);
     assert_eq!(sandbox.faults().fired(FaultKind::hang(OfOp::Create)), 1);
 }
+
+#[tokio::test]
+async fn remove_members_edits_a_list_without_a_request() {
+    let sandbox = sandbox().await;
+    let list = create_list(&sandbox, "c1").await;
+    of_post(
+        &sandbox,
+        &format!("/lists/{list}/add"),
+        ids(&["a", "b", "c"]),
+    )
+    .await;
+    let logged = sandbox.oneflow_requests().len();
+
+    assert_eq!(sandbox.remove_members(&list, &["a", "c", "zz"]), 2);
+    assert_eq!(sandbox.list_members(&list), set(&["b"]));
+    assert_eq!(sandbox.oneflow_requests().len(), logged);
+    assert_eq!(sandbox.remove_members("nope", &["b"]), 0);
+}

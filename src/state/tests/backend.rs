@@ -222,3 +222,26 @@ async fn timing_two_million_ids_sqlite() {
 async fn timing_two_million_ids_postgres() {
     time_two_million_ids(Kind::Postgres).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_opened_by_several_at_once_is_migrated_once() {
+    // A `status` started while a first `sync` creates the file opens it too.
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                tokio::spawn(async move { Store::open_sqlite(&path).await })
+            })
+            .collect();
+        for open in opens {
+            let store = open
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(store.cohort(&key()).await.unwrap(), CohortState::default());
+            store.close().await;
+        }
+    }
+}
