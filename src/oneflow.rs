@@ -24,8 +24,10 @@ const BODY_OVERHEAD: usize = 14;
 #[derive(Debug, thiserror::Error)]
 pub enum OneflowError {
     /// 401/403: the API key is wrong; every cohort of the account stops.
-    #[error("1Flow rejected the API key (HTTP {status}: {message}); check oneflow.api_key")]
+    #[error("1Flow rejected the API key (HTTP {status}: {message}); check {block}.api_key")]
     Unauthorized {
+        /// The config block of the account: `oneflow` or `oneflow_accounts.NAME`.
+        block: String,
         /// 401 or 403.
         status: u16,
         /// 1Flow's explanation.
@@ -110,6 +112,7 @@ pub struct OneflowClient {
     api_key: Secret,
     max_retries: u32,
     max_retry_after: Duration,
+    block: String,
 }
 
 impl OneflowClient {
@@ -132,7 +135,15 @@ impl OneflowClient {
             api_key: config.api_key.clone(),
             max_retries: config.max_retries,
             max_retry_after: config.max_retry_after,
+            block: "oneflow".to_owned(),
         })
+    }
+
+    /// Names the config block this client's account comes from, for error messages
+    /// (`oneflow` unless set, or `oneflow_accounts.NAME`).
+    pub fn with_block(mut self, block: impl Into<String>) -> Self {
+        self.block = block.into();
+        self
     }
 
     /// Creates a list for a cohort and returns its id. Not idempotent: call it once
@@ -262,7 +273,9 @@ impl OneflowClient {
                         Verdict::Permanent => {
                             let message =
                                 describe_error_body(&response.bytes().await.unwrap_or_default());
-                            return Err(permanent(status, message, what, list_id).into());
+                            return Err(
+                                permanent(&self.block, status, message, what, list_id).into()
+                            );
                         }
                     }
                 }
@@ -295,9 +308,16 @@ impl From<OneflowError> for PostError {
     }
 }
 
-fn permanent(status: StatusCode, message: String, what: &str, list_id: &str) -> OneflowError {
+fn permanent(
+    block: &str,
+    status: StatusCode,
+    message: String,
+    what: &str,
+    list_id: &str,
+) -> OneflowError {
     match status.as_u16() {
         401 | 403 => OneflowError::Unauthorized {
+            block: block.to_owned(),
             status: status.as_u16(),
             message,
         },

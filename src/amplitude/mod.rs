@@ -56,9 +56,11 @@ pub enum AmplitudeError {
     /// 401/403: the credentials or the region are wrong.
     #[error(
         "Amplitude rejected the credentials ({endpoint}: HTTP {status}: {message}); check \
-         amplitude.api_key, amplitude.secret_key and amplitude.region"
+         {block}.api_key, {block}.secret_key and {block}.region"
     )]
     Unauthorized {
+        /// The config block of the project: `amplitude` or `amplitude_projects.NAME`.
+        block: String,
         /// The endpoint called.
         endpoint: Endpoint,
         /// 401 or 403.
@@ -199,6 +201,7 @@ pub struct AmplitudeClient {
     export_timeout: Duration,
     max_retries: u32,
     limiter: Arc<Limiter>,
+    block: String,
 }
 
 impl AmplitudeClient {
@@ -226,7 +229,15 @@ impl AmplitudeClient {
             export_timeout: config.export_timeout,
             max_retries: config.max_retries,
             limiter,
+            block: "amplitude".to_owned(),
         })
+    }
+
+    /// Names the config block this client's project comes from, for error messages
+    /// (`amplitude` unless set, or `amplitude_projects.NAME`).
+    pub fn with_block(mut self, block: impl Into<String>) -> Self {
+        self.block = block.into();
+        self
     }
 
     /// Lists the project's cohorts. This call costs no export quota.
@@ -403,16 +414,20 @@ impl AmplitudeClient {
                         Verdict::Success => return Ok(response),
                         Verdict::Throttled { after } => {
                             let message = error_message(response).await;
-                            let error = http_error(endpoint, status, message, what);
+                            let error = http_error(&self.block, endpoint, status, message, what);
                             (error, after, true)
                         }
                         Verdict::Transient { after } => {
                             let message = error_message(response).await;
-                            (http_error(endpoint, status, message, what), after, false)
+                            (
+                                http_error(&self.block, endpoint, status, message, what),
+                                after,
+                                false,
+                            )
                         }
                         Verdict::TooLarge | Verdict::Permanent => {
                             let message = error_message(response).await;
-                            return Err(http_error(endpoint, status, message, what));
+                            return Err(http_error(&self.block, endpoint, status, message, what));
                         }
                     }
                 }
@@ -441,6 +456,7 @@ fn unexpected(endpoint: Endpoint, message: &str) -> AmplitudeError {
 }
 
 fn http_error(
+    block: &str,
     endpoint: Endpoint,
     status: StatusCode,
     message: String,
@@ -449,6 +465,7 @@ fn http_error(
     let status = status.as_u16();
     match status {
         401 | 403 => AmplitudeError::Unauthorized {
+            block: block.to_owned(),
             endpoint,
             status,
             message,

@@ -75,7 +75,11 @@ pub fn load_plans(
 ///
 /// When a client or lookup table cannot be set up, or a schedule does not parse.
 pub fn plans(config: &Config, store: &Store, holder: &str) -> Result<Vec<Plan>, PlanError> {
-    let engine = Engine::new(config, store.clone(), holder)?;
+    // One limiter per project for the life of the process: runs started before and
+    // after a reload share the project's limits.
+    static LIMITERS: std::sync::LazyLock<crate::sync::Limiters> =
+        std::sync::LazyLock::new(Default::default);
+    let engine = Engine::with_limiters(config, store.clone(), holder, &LIMITERS)?;
     let mut plans = Vec::new();
     for target in engine.targets {
         if !target.cohort.enabled {
@@ -175,9 +179,7 @@ pub async fn run(path: PathBuf) -> ExitCode {
         None => None,
     };
 
-    let runner = Arc::new(SyncRunner {
-        metrics: metrics.clone(),
-    });
+    let runner = Arc::new(SyncRunner::new(metrics.clone()));
     let shared = Arc::new(Shared::new(Arc::new(SystemClock), metrics.clone(), runner));
     let mut scheduler = Scheduler::new(shared);
     tokio::spawn(seed_metrics(metrics.clone(), targets(&initial)));

@@ -83,13 +83,26 @@ pub trait Runner: Send + Sync {
 pub struct SyncRunner {
     /// Where the quota gauges go.
     pub metrics: Arc<Metrics>,
+    /// Exports shared by runs of one cohort to several accounts that fire together.
+    pub share: Arc<crate::sync::ExportShare>,
+}
+
+impl SyncRunner {
+    /// The runner of the daemon, reporting to `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> SyncRunner {
+        SyncRunner {
+            metrics,
+            share: Arc::new(crate::sync::ExportShare::for_daemon()),
+        }
+    }
 }
 
 impl Runner for SyncRunner {
     fn run(&self, target: Arc<CohortTarget>, cancel: CancellationToken) -> RunFuture {
-        let metrics = self.metrics.clone();
+        let (metrics, share) = (self.metrics.clone(), self.share.clone());
         Box::pin(async move {
-            let options = RunOptions::new(Trigger::Scheduled, cancel);
+            let mut options = RunOptions::new(Trigger::Scheduled, cancel);
+            options.share = share;
             let summary = match target.amplitude.list_cached(LISTING_TTL).await {
                 Ok(cohorts) => {
                     let info = cohorts.iter().find(|c| c.id == target.cohort.amplitude_id);

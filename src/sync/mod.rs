@@ -9,6 +9,7 @@ pub mod progress;
 mod push;
 mod record;
 pub mod run;
+mod share;
 mod summary;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use crate::oneflow::OneflowClient;
 use crate::state::{CohortKey, Store};
 
 pub use record::log as record_log;
+pub use share::ExportShare;
 pub use summary::{Outcome, Scope, Summary};
 
 /// The name under which the unnamed `[amplitude]` and `[oneflow]` blocks are keyed.
@@ -54,6 +56,8 @@ pub struct RunOptions {
     pub run_id: String,
     /// Fires on shutdown: batches in flight finish, no new ones start.
     pub cancel: CancellationToken,
+    /// Exports shared by the runs of one cohort to several 1Flow accounts.
+    pub share: Arc<ExportShare>,
 }
 
 impl RunOptions {
@@ -67,6 +71,7 @@ impl RunOptions {
             trigger,
             run_id: new_run_id(),
             cancel,
+            share: Arc::new(ExportShare::for_pass()),
         }
     }
 }
@@ -185,6 +190,19 @@ pub struct Engine {
     projects: BTreeMap<String, Arc<Project>>,
 }
 
+/// The Amplitude limiters of a process, one per project name. The daemon keeps them
+/// across reloads, so runs before and after a reload share one limit.
+#[derive(Debug, Default)]
+pub struct Limiters(std::sync::Mutex<BTreeMap<String, Arc<Limiter>>>);
+
+impl Limiters {
+    /// The limiter of a project, created on first use.
+    pub fn get(&self, project: &str) -> Arc<Limiter> {
+        let mut limiters = self.0.lock().expect("limiters lock");
+        Arc::clone(limiters.entry(project.to_owned()).or_default())
+    }
+}
+
 impl Engine {
     /// Builds clients for every project and account the cohorts use.
     ///
@@ -192,6 +210,20 @@ impl Engine {
     ///
     /// When a client cannot be built or a lookup table cannot be read.
     pub fn new(config: &Config, store: Store, holder: &str) -> Result<Engine, EngineError> {
+        Engine::with_limiters(config, store, holder, &Limiters::default())
+    }
+
+    /// Like [`Engine::new`], with the Amplitude limiters taken from `limiters`.
+    ///
+    /// # Errors
+    ///
+    /// When a client cannot be built or a lookup table cannot be read.
+    pub fn with_limiters(
+        config: &Config,
+        store: Store,
+        holder: &str,
+        limiters: &Limiters,
+    ) -> Result<Engine, EngineError> {
         let mut projects = BTreeMap::new();
         let mut accounts = BTreeMap::new();
         let mut targets = Vec::new();
@@ -210,7 +242,12 @@ impl Engine {
                     let settings = config
                         .amplitude_project(cohort.amplitude_project.as_deref())
                         .clone();
-                    let client = AmplitudeClient::new(&settings, Arc::new(Limiter::default()))?;
+                    let block = cohort.amplitude_project.as_ref().map_or_else(
+                        || "amplitude".to_owned(),
+                        |name| format!("amplitude_projects.{name}"),
+                    );
+                    let limiter = limiters.get(&project_name);
+                    let client = AmplitudeClient::new(&settings, limiter)?.with_block(block);
                     let project = Arc::new(Project::new(settings, client));
                     projects.insert(project_name.clone(), Arc::clone(&project));
                     project
@@ -222,7 +259,11 @@ impl Engine {
                     let settings = config
                         .oneflow_account(cohort.oneflow_account.as_deref())
                         .clone();
-                    let client = OneflowClient::new(&settings)?;
+                    let block = cohort.oneflow_account.as_ref().map_or_else(
+                        || "oneflow".to_owned(),
+                        |name| format!("oneflow_accounts.{name}"),
+                    );
+                    let client = OneflowClient::new(&settings)?.with_block(block);
                     let account = Arc::new(Account {
                         config: settings,
                         client,

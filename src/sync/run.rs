@@ -219,7 +219,9 @@ async fn leased_run(
         () = cancel.cancelled() => {
             return Err(Stop::with(Outcome::Interrupted, "stopped while waiting for the export; it resumes on the next run"));
         }
-        exported = export(target, info, state.pending.as_ref(), Some(lease), options, summary) => exported,
+        exported = options.share.get_or_export(target, info, || {
+            export(target, info, state.pending.as_ref(), Some(lease), options, summary)
+        }) => exported,
     };
     let (parsed, computed) = exported?;
     summary.export_duration = export_started.elapsed();
