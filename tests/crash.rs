@@ -1,5 +1,6 @@
-//! Crash safety end to end: `sync` killed with SIGKILL in the middle of a large first
-//! push resumes from what 1Flow confirmed, re-sending at most the batches in flight.
+//! Crash safety end to end: `sync` killed with SIGKILL twenty times in a row through a
+//! 200,000-member first sync resumes each time from what 1Flow confirmed, re-sending at
+//! most the batches in flight, and ends with the exact membership.
 
 mod common;
 
@@ -11,7 +12,7 @@ use common::{World, cohort, cohort_toml, expected, ids_sent, text};
 const MEMBERS: usize = 200_000;
 const BATCH_SIZE: usize = 1_000;
 const CONCURRENCY: usize = 4;
-const KILLS: usize = 5;
+const KILLS: usize = 20;
 
 /// Add requests 1Flow answered 2xx.
 fn confirmed_adds(requests: &[OneflowRequest]) -> usize {
@@ -61,7 +62,7 @@ async fn sigkill_mid_push_resends_at_most_the_batches_in_flight() {
     let (mut logged_before, mut acknowledged_before) = (0usize, 0usize);
     for kill in 0..KILLS {
         let at_start = confirmed_adds(&world.sandbox.oneflow_requests());
-        let wait_for = rng.usize(3..30);
+        let wait_for = rng.usize(1..8);
         let mut child = world.spawn(&["sync"]);
         let deadline = Instant::now() + Duration::from_secs(20);
         while confirmed_adds(&world.sandbox.oneflow_requests()) < at_start + wait_for {
@@ -74,6 +75,8 @@ async fn sigkill_mid_push_resends_at_most_the_batches_in_flight() {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        // A random moment within the batch in flight, not only at a batch boundary.
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..15))).await;
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
         // Let the requests the process left in flight reach the sandbox's log.

@@ -11,7 +11,7 @@ use sqlx::migrate::MigrateError;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The store could not be opened: bad path or URL, unreachable server, refused login.
-    #[error("cannot open the state store at {target}: {cause}")]
+    #[error("cannot open the state store at {target}: {cause}{}", hint(cause))]
     Open {
         /// The file path, or the URL with any password replaced by `***`.
         target: String,
@@ -24,7 +24,7 @@ pub enum StateError {
     Migrate(MigrateError),
 
     /// A read or a write failed; a failed write changed nothing.
-    #[error("state store could not {action}: {cause}")]
+    #[error("state store could not {action}: {cause}{}", hint(cause))]
     Query {
         /// What the store was doing, as a verb phrase ("record confirmed batches").
         action: &'static str,
@@ -106,6 +106,29 @@ fn transient(error: &sqlx::Error) -> bool {
 
 const SQLITE_BUSY: i32 = 5;
 const SQLITE_LOCKED: i32 = 6;
+const SQLITE_PERM: i32 = 3;
+const SQLITE_READONLY: i32 = 8;
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_FULL: i32 = 13;
+const SQLITE_CANTOPEN: i32 = 14;
+
+/// What an operator should check for SQLite errors whose own text is terse ("disk I/O
+/// error"): the disk's free space, or the file's permissions.
+fn hint(error: &sqlx::Error) -> &'static str {
+    let sqlx::Error::Database(db) = error else {
+        return "";
+    };
+    let Some(code) = db.code().and_then(|code| code.parse::<i32>().ok()) else {
+        return "";
+    };
+    match code & 0xff {
+        SQLITE_IOERR | SQLITE_FULL => " (is the disk full? the state is unchanged)",
+        SQLITE_PERM | SQLITE_READONLY | SQLITE_CANTOPEN => {
+            " (are the state file and its directory writable? the state is unchanged)"
+        }
+        _ => "",
+    }
+}
 
 /// SQLSTATEs that mean "try again": connection trouble, serialization, overload, restarts.
 fn transient_postgres(code: &str) -> bool {
