@@ -99,13 +99,18 @@ async fn demo(count: usize) -> Result<(), String> {
         third.added, third.removed, third.acknowledged
     );
 
-    println!("\nDone. The state (acknowledged members, export ledger, run history) was kept in");
-    println!(
-        "{}; `cohort-sync status --config {}` would show it.",
-        state_path.display(),
-        path.display()
-    );
-    println!("Next: `cohort-sync check --config FILE` validates your own config (see config/).");
+    println!("\nStep 4. What `cohort-sync status` shows now (the state store keeps the");
+    println!("        acknowledged members, the export ledger and the run history):\n");
+    let status = crate::cli::status_text(&config, &engine.store)
+        .await
+        .map_err(|e| e.to_string())?;
+    for line in status.lines() {
+        println!("        {line}");
+    }
+
+    println!("\nDone: a full sync, an unchanged pass that spent no export, and a diff sync.");
+    println!("Next: `cohort-sync cohorts --config FILE` lists your Amplitude cohorts, and");
+    println!("`cohort-sync check --config FILE` validates your config (start from config/).");
     Ok(())
 }
 

@@ -9,6 +9,8 @@ mod sandbox;
 pub use commands::{holder_name, open_store};
 mod status;
 
+pub use status::status_text;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

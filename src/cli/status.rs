@@ -195,6 +195,18 @@ pub async fn status(path: &Path, as_json: bool) -> ExitCode {
     }
 }
 
+/// The text `status` prints, for a config and its open store.
+///
+/// # Errors
+///
+/// When the store cannot be read.
+pub async fn status_text(
+    config: &Config,
+    store: &crate::state::Store,
+) -> Result<String, crate::state::StateError> {
+    Ok(render(&collect(config, store).await?))
+}
+
 async fn collect(
     config: &Config,
     store: &crate::state::Store,
@@ -306,7 +318,9 @@ fn render(report: &serde_json::Value) -> String {
         let _ = writeln!(
             out,
             "  synced computed: {}",
-            text(&c["synced_last_computed"])
+            c["synced_last_computed"]
+                .as_str()
+                .map_or_else(|| "-".to_owned(), format_computed)
         );
         match c["last_run"].as_object() {
             Some(run) => {
