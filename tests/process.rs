@@ -194,3 +194,65 @@ async fn a_full_disk_fails_the_run_and_keeps_the_state() {
     );
     drop(disk);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_sync_after_the_batches_in_flight() {
+    let world = World::new(&cohort_toml("c1", "")).await;
+    let members = sample_members(30_000, 0.0, 5);
+    world.sandbox.put_cohort(cohort("c1", members.clone()));
+    world
+        .sandbox
+        .faults()
+        .set_oneflow_latency(Duration::from_millis(200));
+
+    let child = world.spawn(&["sync"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while world.sandbox.lists().first().is_none_or(|l| l.members == 0) {
+        assert!(Instant::now() < deadline, "the push never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = Instant::now();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "stopped within the batch latency"
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("interrupted"),
+        "{}",
+        text(&output)
+    );
+    let partial = world.sandbox.members_of_cohort("c1").unwrap().len();
+    assert!(partial > 0 && partial < 30_000, "{partial}");
+    let acknowledged = world.status_json().await["cohorts"][0]["acknowledged"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        acknowledged as usize, partial,
+        "every confirmed batch was recorded"
+    );
+
+    world.sandbox.faults().set_oneflow_latency(Duration::ZERO);
+    let finish = world.cli(&["sync"]).await;
+    assert!(finish.status.success(), "{}", text(&finish));
+    assert_eq!(
+        world.sandbox.members_of_cohort("c1"),
+        Some(expected(&members))
+    );
+    assert_eq!(
+        world.sandbox.export_requests("c1"),
+        1,
+        "the export was reused"
+    );
+}

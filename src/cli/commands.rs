@@ -151,16 +151,7 @@ pub async fn sync(args: SyncArgs) -> ExitCode {
     }
 
     let cancel = CancellationToken::new();
-    let on_signal = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("Stopping after the batches in flight (Ctrl-C again to quit at once).");
-            on_signal.cancel();
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        }
-    });
+    tokio::spawn(stop_on_signals(cancel.clone()));
 
     let mut options = RunOptions::new(Trigger::Manual, cancel);
     options.dry_run = args.dry_run;
@@ -181,6 +172,29 @@ pub async fn sync(args: SyncArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// SIGINT or SIGTERM: let the batches in flight finish, start no more; a second
+/// signal exits at once.
+async fn stop_on_signals(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    eprintln!("Stopping after the batches in flight (signal again to quit at once).");
+    cancel.cancel();
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    std::process::exit(130);
 }
 
 /// `cohort-sync check`.
