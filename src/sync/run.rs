@@ -287,7 +287,13 @@ async fn export(
     summary: &mut Summary,
 ) -> Result<(Parsed, Option<String>), Stop> {
     let now = chrono::Utc::now().timestamp_millis();
-    let reusable = pending.filter(|p| now - p.started_at < PENDING_LIFETIME_MS);
+    let reusable = pending.filter(|p| {
+        let fresh = now - p.started_at < PENDING_LIFETIME_MS;
+        if fresh && recomputed_since(p, info) {
+            tracing::info!(request_id = %p.request_id, "The cohort was recomputed since the pending export; starting a new one.");
+        }
+        fresh && !recomputed_since(p, info)
+    });
     let (request_id, computed) = match reusable {
         Some(p) => {
             tracing::info!(request_id = %p.request_id, "Resuming the pending export.");
@@ -308,6 +314,17 @@ async fn export(
             Ok((parsed, computed))
         }
         Err(error) => Err(fetch_stop(&request_id, error)),
+    }
+}
+
+/// Whether Amplitude recomputed the cohort after the pending export was requested. Such
+/// an export is outdated: reading it would sync old members, judge them against the new
+/// listed size, and keep a bad export (one a guard held) in use until it expires, while
+/// a new export costs the same quota as the one the next run would need anyway.
+fn recomputed_since(pending: &PendingExport, info: &CohortInfo) -> bool {
+    match (&pending.computed, &info.last_computed) {
+        (Some(then), Some(now)) => then != now,
+        _ => false,
     }
 }
 
