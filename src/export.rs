@@ -247,6 +247,7 @@ fn find_column(header: &csv::ByteRecord, source: &UserIdSource) -> Result<usize,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
     use std::io::Write;
 
     fn parse_bytes(bytes: &[u8], source: &UserIdSource) -> Result<Parsed, ExportError> {
@@ -371,5 +372,165 @@ mod tests {
         let error =
             parse_bytes(b"amplitude_id,user_id\n1,a\n2\n", &UserIdSource::UserId).unwrap_err();
         assert!(matches!(error, ExportError::Csv { line: 3, .. }), "{error}");
+    }
+
+    /// Deterministic arbitrary inputs for the property tests below.
+    struct Inputs {
+        rng: fastrand::Rng,
+    }
+
+    /// Bytes that matter to a CSV reader, gzip and UTF-8, drawn more often than others.
+    const SPECIAL: &[u8] = b"\",\r\n\0\xef\xbb\xbf\xff\x1f\x8b \t;";
+
+    impl Inputs {
+        fn byte(&mut self) -> u8 {
+            if self.rng.bool() {
+                SPECIAL[self.rng.usize(..SPECIAL.len())]
+            } else {
+                self.rng.u8(..)
+            }
+        }
+
+        /// Random bytes of a random length.
+        fn bytes(&mut self, max: usize) -> Vec<u8> {
+            let len = self.rng.usize(..=max);
+            (0..len).map(|_| self.byte()).collect()
+        }
+
+        /// `seed` with a few random flips, insertions, deletions and a possible cut.
+        fn mutate(&mut self, seed: &[u8]) -> Vec<u8> {
+            let mut out = seed.to_vec();
+            for _ in 0..self.rng.usize(1..8) {
+                let at = self.rng.usize(..=out.len());
+                match self.rng.u8(..4) {
+                    0 if at < out.len() => out[at] = self.byte(),
+                    1 => out.insert(at, self.byte()),
+                    2 if at < out.len() => {
+                        out.remove(at);
+                    }
+                    _ => out.truncate(at),
+                }
+            }
+            out
+        }
+
+        /// A valid export of random ids, in one of the shapes Amplitude may send.
+        fn export(&mut self) -> (Vec<u8>, BTreeSet<Vec<u8>>) {
+            let mut ids = BTreeSet::new();
+            let mut writer = csv::WriterBuilder::new()
+                .terminator(if self.rng.bool() {
+                    csv::Terminator::CRLF
+                } else {
+                    csv::Terminator::Any(b'\n')
+                })
+                .quote_style(if self.rng.bool() {
+                    csv::QuoteStyle::Always
+                } else {
+                    csv::QuoteStyle::Necessary
+                })
+                .from_writer(Vec::new());
+            writer
+                .write_record(["amplitude_id", "user_id", "extra"])
+                .unwrap();
+            for row in 0..self.rng.usize(..60) {
+                let len = self.rng.usize(1..40);
+                let id: String = (0..len)
+                    .map(|_| match self.rng.u8(..6) {
+                        0 => ['"', ',', '\r', '\n', 'é', '\u{1F600}'][self.rng.usize(..6)],
+                        _ => self.rng.alphanumeric(),
+                    })
+                    .collect();
+                writer
+                    .write_record([row.to_string().as_str(), id.as_str(), "x"])
+                    .unwrap();
+                ids.insert(id.into_bytes());
+            }
+            let mut bytes = writer.into_inner().unwrap();
+            if self.rng.bool() {
+                bytes.splice(0..0, b"\xef\xbb\xbf".iter().copied());
+            }
+            if self.rng.bool() {
+                bytes = gzip(&bytes);
+            }
+            (bytes, ids)
+        }
+    }
+
+    fn sources() -> [UserIdSource; 3] {
+        [
+            UserIdSource::UserId,
+            UserIdSource::AmplitudeId,
+            UserIdSource::Property("email".into()),
+        ]
+    }
+
+    /// Parses `bytes` with every source and two mappers; a panic names the input.
+    fn parse_never_panics(bytes: &[u8]) {
+        let transform = crate::config::Transform {
+            trim: true,
+            lowercase: true,
+            strip_prefix: Some("\"".into()),
+            add_prefix: Some("p:".into()),
+        };
+        let mappers = [Mapper::default(), Mapper::new(transform, None)];
+        for source in sources() {
+            for mapper in &mappers {
+                let run = || parse(bytes, &source, mapper, &ParseProgress::default());
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
+                let Ok(result) = result else {
+                    panic!("parse panicked on {:?}", bytes.escape_ascii().to_string());
+                };
+                if let Ok(parsed) = result {
+                    let c = parsed.counts;
+                    assert!(c.anonymous + c.unmapped + c.invalid + c.members <= c.rows);
+                    assert_eq!(c.members, parsed.members.len() as u64);
+                    let all: Vec<&[u8]> = parsed.members.iter().collect();
+                    assert!(all.windows(2).all(|w| w[0] < w[1]), "sorted and distinct");
+                    assert!(all.iter().all(|id| std::str::from_utf8(id).is_ok()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut inputs = Inputs {
+            rng: fastrand::Rng::with_seed(0x5eed_0001),
+        };
+        for _ in 0..500 {
+            let bytes = inputs.bytes(300);
+            parse_never_panics(&bytes);
+            let mut gzipped = gzip(&bytes);
+            parse_never_panics(&gzipped);
+            let cut = inputs.rng.usize(..=gzipped.len());
+            gzipped.truncate(cut);
+            parse_never_panics(&gzipped);
+        }
+    }
+
+    #[test]
+    fn mutated_exports_never_panic() {
+        let mut inputs = Inputs {
+            rng: fastrand::Rng::with_seed(0x5eed_0002),
+        };
+        for _ in 0..800 {
+            let (export, _) = inputs.export();
+            let mutated = inputs.mutate(&export);
+            parse_never_panics(&mutated);
+        }
+    }
+
+    #[test]
+    fn valid_exports_round_trip_exactly() {
+        let mut inputs = Inputs {
+            rng: fastrand::Rng::with_seed(0x5eed_0003),
+        };
+        for _ in 0..500 {
+            let (export, want) = inputs.export();
+            let parsed = parse_bytes(&export, &UserIdSource::UserId)
+                .unwrap_or_else(|e| panic!("{e}: {:?}", export.escape_ascii().to_string()));
+            let got: BTreeSet<Vec<u8>> = parsed.members.iter().map(<[u8]>::to_vec).collect();
+            assert_eq!(got, want, "{:?}", export.escape_ascii().to_string());
+        }
     }
 }

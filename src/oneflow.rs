@@ -238,7 +238,7 @@ impl OneflowClient {
             }
 
             let (last, hint) = match request.send().await {
-                Err(error) => (error.without_url().to_string(), None),
+                Err(error) => (retry::describe_transport(&error.without_url()), None),
                 Ok(response) => {
                     let status = response.status();
                     match retry::classify(status, response.headers(), SystemTime::now()) {

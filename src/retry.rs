@@ -95,6 +95,27 @@ pub fn transport_is_transient(error: &reqwest::Error) -> bool {
     error.is_timeout() || error.is_connect() || error.is_request() || error.is_body()
 }
 
+/// A transport error (no HTTP answer) in words, with its causes: reqwest's own text
+/// ("error sending request") does not say whether the server timed out, refused the
+/// connection or broke it. Pass an error stripped of its URL with `without_url`, as
+/// the URL may carry a signature; the causes never name it.
+pub fn describe_transport(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        return "timed out: no answer within request_timeout".to_owned();
+    }
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +176,17 @@ mod tests {
         let earlier = headers(Some("Wed, 02 Dec 2026 09:00:00 GMT"));
         assert_eq!(retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(retry_after(&headers(Some("soon")), now), None);
+    }
+
+    #[tokio::test]
+    async fn transport_errors_name_their_cause() {
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/secret-path", unused.local_addr().unwrap());
+        drop(unused);
+        let error = reqwest::get(&url).await.unwrap_err().without_url();
+        let text = describe_transport(&error);
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+        assert!(!text.contains("secret-path"), "{text}");
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub enum AmplitudeError {
         message: String,
     },
     /// No HTTP answer (connection refused, reset, timeout), after retries.
-    #[error("Amplitude {endpoint} failed: {source}")]
+    #[error("Amplitude {endpoint} failed: {}", retry::describe_transport(source))]
     Transport {
         /// The endpoint called.
         endpoint: Endpoint,

@@ -197,7 +197,7 @@ async fn request_export(
                 Some(keys) => keys.clone(),
                 None => Vec::new(),
             };
-            let cached = c.bodies.get(&props).cloned();
+            let cached = c.raw_file.clone().or_else(|| c.bodies.get(&props).cloned());
             let members = cached.is_none().then(|| c.members.clone());
             (props, cached, members, c.file, c.generation)
         })

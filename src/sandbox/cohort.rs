@@ -109,6 +109,10 @@ pub struct FakeCohort {
     pub last_computed: Option<i64>,
     /// The shape of the export file.
     pub file: FileOptions,
+    /// Bytes served as every export file of this cohort instead of a file rendered from
+    /// `members` (which then only set the listed size), for files no member list can
+    /// produce: a missing column, bytes that are not UTF-8, an empty body.
+    pub raw_file: Option<Bytes>,
 }
 
 impl FakeCohort {

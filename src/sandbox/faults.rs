@@ -118,6 +118,8 @@ impl Injected {
 
 #[derive(Debug)]
 struct Failure {
+    /// Requests still to let through before the first failure.
+    skip: u32,
     remaining: u32,
     status: u16,
     retry_after: Option<String>,
@@ -225,7 +227,21 @@ impl Faults {
         status: u16,
         retry_after: Option<&str>,
     ) {
+        self.fail_next_after(endpoint, 0, count, status, retry_after);
+    }
+
+    /// [`Faults::fail_next`], but the first `skip` requests to `endpoint` are served
+    /// normally before the `count` failures begin.
+    pub fn fail_next_after(
+        &self,
+        endpoint: impl Into<Endpoint>,
+        skip: u32,
+        count: u32,
+        status: u16,
+        retry_after: Option<&str>,
+    ) {
         let failure = Failure {
+            skip,
             remaining: count,
             status,
             retry_after: retry_after.map(Into::into),
@@ -296,6 +312,9 @@ impl Faults {
         let mut state = self.lock();
         let failure = state.failures.get_mut(&endpoint)?;
         if failure.remaining == 0 {
+            return None;
+        }
+        if take_one(&mut failure.skip) {
             return None;
         }
         failure.remaining -= 1;
@@ -369,6 +388,18 @@ mod tests {
         assert!(faults.take_failure(OfOp::Add.into()).is_none());
         assert!(faults.take_failure(OfOp::Remove.into()).is_none());
         assert_eq!(faults.fired(FaultKind::fail(OfOp::Add)), 2);
+    }
+
+    #[test]
+    fn fail_next_after_lets_the_first_requests_through() {
+        let faults = Faults::default();
+        faults.fail_next_after(OfOp::Add, 2, 1, 400, None);
+        assert!(faults.take_failure(OfOp::Add.into()).is_none());
+        assert!(faults.take_failure(OfOp::Add.into()).is_none());
+        let third = faults.take_failure(OfOp::Add.into()).expect("third fails");
+        assert_eq!(third.status, StatusCode::BAD_REQUEST);
+        assert!(faults.take_failure(OfOp::Add.into()).is_none());
+        assert_eq!(faults.fired(FaultKind::fail(OfOp::Add)), 1);
     }
 
     #[test]

@@ -257,6 +257,26 @@ impl Sandbox {
             .unwrap_or(0)
     }
 
+    /// The request ids of the exports started for this cohort, oldest first.
+    pub fn export_request_ids(&self, cohort_id: &str) -> Vec<String> {
+        let state = self.shared.lock();
+        let mut ids: Vec<String> = state
+            .jobs
+            .iter()
+            .filter(|(_, job)| job.cohort_id == cohort_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        // Request ids start with a zero-padded sequence number.
+        ids.sort();
+        ids
+    }
+
+    /// The `X-Amz-Signature` of every link the fake S3 minted, for "never leaks" checks.
+    pub fn s3_signatures(&self) -> Vec<String> {
+        let state = self.shared.lock();
+        state.links.values().map(|l| l.signature.clone()).collect()
+    }
+
     /// Status polls of this request, whatever they answered.
     pub fn status_polls(&self, request_id: &str) -> usize {
         self.shared

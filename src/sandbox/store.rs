@@ -41,6 +41,8 @@ pub(super) struct StoredCohort {
     pub(super) generation: u64,
     /// Rendered bodies by property columns; the no-property body is rendered at put time.
     pub(super) bodies: HashMap<Vec<String>, Bytes>,
+    /// The body every export serves instead of a rendered one, if set.
+    pub(super) raw_file: Option<Bytes>,
 }
 
 impl StoredCohort {
@@ -170,6 +172,7 @@ impl State {
             listed_size: stored.listed_size,
             last_computed: Some(stored.last_computed),
             file: stored.file,
+            raw_file: stored.raw_file.clone(),
         })
     }
 
@@ -248,7 +251,10 @@ pub(super) fn put_cohort(shared: &Shared, project: usize, cohort: FakeCohort) {
     } else {
         Vec::new()
     };
-    let base = render_file(&cohort.members, &columns, &cohort.file);
+    let base = match &cohort.raw_file {
+        Some(raw) => raw.clone(),
+        None => render_file(&cohort.members, &columns, &cohort.file),
+    };
     let previous = {
         let state = shared.lock();
         state
@@ -283,6 +289,7 @@ pub(super) fn put_cohort(shared: &Shared, project: usize, cohort: FakeCohort) {
         file: cohort.file,
         generation,
         bodies: HashMap::from([(Vec::new(), base)]),
+        raw_file: cohort.raw_file,
     };
     let cohorts = &mut state.projects[project].cohorts;
     match cohorts.iter_mut().find(|c| c.id == stored.id) {

@@ -12,6 +12,7 @@ use crate::amplitude::{AmplitudeClient, AmplitudeError};
 use crate::config::UserIdSource;
 use crate::export::{self, ExportError, ParseProgress, Parsed};
 use crate::mapping::Mapper;
+use crate::retry;
 
 /// Why an export could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +64,7 @@ async fn download_once(
     let response = client.download(request_id).await?;
     let stream = response
         .bytes_stream()
-        .map_err(|error| std::io::Error::other(error.without_url()));
+        .map_err(|error| std::io::Error::other(retry::describe_transport(&error.without_url())));
     let reader = SyncIoBridge::new(StreamReader::new(stream));
 
     let (source, mapper, progress) = (source.clone(), mapper.clone(), progress.clone());

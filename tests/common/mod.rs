@@ -201,3 +201,54 @@ impl World {
             .to_owned()
     }
 }
+
+/// `toml` with `key = value` lines set in `[section]`: a line for a key the section
+/// already has replaces it, others go right after the section header.
+pub fn set_keys(toml: &str, section: &str, lines: &[&str]) -> String {
+    let header = format!("[{section}]");
+    let mut out: Vec<String> = toml.lines().map(str::to_owned).collect();
+    let start = out
+        .iter()
+        .position(|l| l.trim() == header)
+        .unwrap_or_else(|| panic!("no {header} in {toml}"));
+    for line in lines {
+        let key = line.split('=').next().unwrap_or("").trim();
+        let end = out[start + 1..]
+            .iter()
+            .position(|l| l.trim_start().starts_with('['))
+            .map_or(out.len(), |i| start + 1 + i);
+        let existing = out[start + 1..end]
+            .iter()
+            .position(|l| l.split('=').next().unwrap_or("").trim() == key);
+        match existing {
+            Some(i) => out[start + 1 + i] = (*line).to_owned(),
+            None => out.insert(start + 1, (*line).to_owned()),
+        }
+    }
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
+}
+
+impl World {
+    /// Rewrites the config: the base sections with these `[amplitude]` and `[oneflow]`
+    /// keys set (see [`set_keys`]), plus `extra_toml`.
+    pub fn write_tuned(&self, amplitude: &[&str], oneflow: &[&str], extra_toml: &str) {
+        let base = set_keys(&self.base_toml(), "amplitude", amplitude);
+        let base = set_keys(&base, "oneflow", oneflow);
+        self.write_config_with_base(&base, extra_toml);
+    }
+
+    /// Every 1Flow request of this operation that was answered `status`.
+    pub fn oneflow_answered(
+        &self,
+        op: cohort_sync::sandbox::OfOp,
+        status: u16,
+    ) -> Vec<cohort_sync::sandbox::OneflowRequest> {
+        self.sandbox
+            .oneflow_requests()
+            .into_iter()
+            .filter(|r| r.op == op && r.status == status)
+            .collect()
+    }
+}

@@ -1,6 +1,7 @@
 //! Loading whole files: a full config, defaults, environment overrides, and each kind of
 //! bad config (in `invalid`), checking that every message names the file and the key.
 
+mod fuzz;
 mod invalid;
 
 use std::collections::HashMap;
