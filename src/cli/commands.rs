@@ -73,8 +73,17 @@ pub async fn open_store(
     }
 }
 
-/// This process's name as a lease holder: `$COHORT_SYNC_REPLICA`, else the host name.
+/// This process's name as a lease holder: the replica name (`$COHORT_SYNC_REPLICA`, else
+/// the host name) and a nonce drawn once per process (see [`state::process_holder`]).
 pub fn holder_name() -> String {
+    static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOLDER
+        .get_or_init(|| state::process_holder(&replica_name()))
+        .clone()
+}
+
+/// This replica's name: `$COHORT_SYNC_REPLICA`, else the host name.
+fn replica_name() -> String {
     if let Ok(name) = std::env::var("COHORT_SYNC_REPLICA")
         && !name.trim().is_empty()
     {

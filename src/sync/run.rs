@@ -20,7 +20,7 @@ use crate::amplitude::{AmplitudeError, CohortInfo};
 use crate::export::{ParseProgress, Parsed};
 use crate::members::{self, IdSet};
 use crate::oneflow::OneflowError;
-use crate::state::{CohortState, Lease, Op, PendingExport};
+use crate::state::{CohortState, Lease, Op, PendingExport, replica_name};
 
 /// How long a pending export's request id stays usable.
 const PENDING_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -146,10 +146,16 @@ async fn run_stages(
                 .await?
                 .map(|(h, _)| h)
                 .unwrap_or_default();
-            return Err(Stop::with(
-                Outcome::Skipped,
-                format!("another runner ({holder}) holds this cohort's lease; skipped"),
-            ));
+            let name = replica_name(&holder);
+            let message = if name == replica_name(&target.holder) {
+                format!(
+                    "another process of this replica ({name}) holds this cohort's lease, until \
+                     it is released or expires; skipped"
+                )
+            } else {
+                format!("another replica ({name}) holds this cohort's lease; skipped")
+            };
+            return Err(Stop::with(Outcome::Skipped, message));
         }
     };
     // The state read above may predate a run another replica finished just before this
