@@ -89,7 +89,8 @@ impl Runner for SyncRunner {
     fn run(&self, target: Arc<CohortTarget>, cancel: CancellationToken) -> RunFuture {
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            let options = RunOptions::new(Trigger::Scheduled, cancel);
+            let mut options = RunOptions::new(Trigger::Scheduled, cancel);
+            options.leases = metrics.held_leases();
             let summary = match target.amplitude.list_cached(LISTING_TTL).await {
                 Ok(cohorts) => {
                     let info = cohorts.iter().find(|c| c.id == target.cohort.amplitude_id);

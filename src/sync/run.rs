@@ -158,6 +158,7 @@ async fn run_stages(
             return Err(Stop::with(Outcome::Skipped, message));
         }
     };
+    let _held = options.leases.hold();
     // The state read above may predate a run another replica finished just before this
     // lease was taken: decide again on what is stored now, so that run is not repeated.
     let state = match store.cohort(&target.key).await {
