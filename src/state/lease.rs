@@ -3,8 +3,8 @@
 //! A lease is a row per cohort with a holder, an expiry and a fence. Taking over a free or
 //! expired lease bumps the fence, so writes still carrying the old fence are refused. The
 //! fence, not the clock, guards writes: an expired lease nobody took over still writes.
-//! Holders are per process ([`process_holder`]), so a restarted replica waits for its
-//! old process's lease to expire (or be released) like any other replica.
+//! On PostgreSQL holders are per process ([`process_holder`]), so a restarted replica
+//! waits for its old process's lease to expire (or be released) like any other replica.
 
 use super::{CohortKey, Lease, StateError, Store, keyed, with_pool};
 
