@@ -73,8 +73,25 @@ pub async fn open_store(
     }
 }
 
-/// This process's name as a lease holder: `$COHORT_SYNC_REPLICA`, else the host name.
-pub fn holder_name() -> String {
+/// This process's name as a lease holder on `store`: the replica name
+/// (`$COHORT_SYNC_REPLICA`, else the host name), and on PostgreSQL a nonce drawn once per
+/// process (see [`state::process_holder`]).
+///
+/// A SQLite file is locked by one process at a time, so there a restarted process takes
+/// over the leases of its dead predecessor at once; on PostgreSQL it waits for them to
+/// expire, since the predecessor may still be alive.
+pub fn holder_name(store: &Store) -> String {
+    static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if store.backend() == "sqlite" {
+        return replica_name();
+    }
+    HOLDER
+        .get_or_init(|| state::process_holder(&replica_name()))
+        .clone()
+}
+
+/// This replica's name: `$COHORT_SYNC_REPLICA`, else the host name.
+fn replica_name() -> String {
     if let Ok(name) = std::env::var("COHORT_SYNC_REPLICA")
         && !name.trim().is_empty()
     {
@@ -131,7 +148,8 @@ pub async fn sync(args: SyncArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let engine = match Engine::new(&config, store, &holder_name()) {
+    let holder = holder_name(&store);
+    let engine = match Engine::new(&config, store, &holder) {
         Ok(engine) => engine,
         Err(error) => {
             eprintln!("error: {error}");

@@ -263,7 +263,10 @@ async fn collect(
             })),
             "last_run": last.as_ref().map(run_json),
             "last_success": last_success.as_ref().map(|r| format_ms(r.finished_at.unwrap_or(r.started_at))),
-            "lease": holder.map(|(holder, expires)| json!({"holder": holder, "expires_at": format_ms(expires)})),
+            "lease": holder.map(|(holder, expires)| json!({
+                "holder": crate::state::replica_name(&holder), "process": holder,
+                "expires_at": format_ms(expires),
+            })),
         }));
     }
     Ok(json!({ "quota": quota, "cohorts": cohorts }))
@@ -284,7 +287,7 @@ fn run_json(run: &RunRecord) -> serde_json::Value {
         "batches": run.counts.batches,
         "retries": run.counts.retries,
         "error": run.error,
-        "holder": run.holder,
+        "holder": crate::state::replica_name(&run.holder),
     })
 }
 
@@ -329,13 +332,14 @@ fn render(report: &serde_json::Value) -> String {
                     .map_or("-".to_owned(), |d| format!("{d:.1}s"));
                 let _ = writeln!(
                     out,
-                    "  last run:        {} at {}, {}, +{} -{} in {} batches",
+                    "  last run:        {} at {}, {}, +{} -{} in {} batches, by {}",
                     text(&run["result"]),
                     text(&run["started_at"]),
                     duration,
                     run["adds"],
                     run["removes"],
-                    run["batches"]
+                    run["batches"],
+                    text(&run["holder"])
                 );
                 if let Some(error) = run["error"].as_str() {
                     let _ = writeln!(out, "  last error:      {error}");

@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::sync::{CohortTarget, Outcome, Summary};
+use crate::sync::{CohortTarget, HeldLeases, Outcome, Summary};
 
 /// Labels of per-cohort series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,6 +55,7 @@ pub struct Metrics {
     exports_used: Family<ProjectLabels, Gauge>,
     export_budget: Family<ProjectLabels, Gauge>,
     leases_held: Gauge,
+    held: HeldLeases,
 }
 
 impl Default for Metrics {
@@ -79,6 +80,7 @@ impl Metrics {
             exports_used: Family::default(),
             export_budget: Family::default(),
             leases_held: Gauge::default(),
+            held: HeldLeases::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -190,13 +192,11 @@ impl Metrics {
             .set(i64::from(budget));
     }
 
-    /// Adjusts the count of leases held by this replica.
-    pub fn lease_held(&self, held: bool) {
-        if held {
-            self.leases_held.inc();
-        } else {
-            self.leases_held.dec();
-        }
+    /// The count of leases this replica's runs hold, for their [`RunOptions`].
+    ///
+    /// [`RunOptions`]: crate::sync::RunOptions
+    pub fn held_leases(&self) -> HeldLeases {
+        self.held.clone()
     }
 
     /// Makes sure a cohort's series exist before its first run.
@@ -209,6 +209,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.leases_held.set(self.held.get());
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -276,6 +277,19 @@ mod tests {
             .collect();
         let allowed = ["account", "cohort", "project", "result"];
         assert!(labels.iter().all(|l| allowed.contains(l)), "{labels:?}");
+    }
+
+    #[test]
+    fn the_leases_gauge_counts_the_leases_runs_hold() {
+        let metrics = Metrics::new();
+        let held = metrics.held_leases();
+        let first = held.hold();
+        let second = held.hold();
+        assert!(metrics.render().contains("\ncohort_sync_leases_held 2\n"));
+        drop(first);
+        assert!(metrics.render().contains("\ncohort_sync_leases_held 1\n"));
+        drop(second);
+        assert!(metrics.render().contains("\ncohort_sync_leases_held 0\n"));
     }
 
     #[tokio::test]

@@ -153,7 +153,7 @@ pub async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let holder = holder_name();
+    let holder = holder_name(&store);
     let initial = match plans(&config, &store, &holder) {
         Ok(plans) => plans,
         Err(error) => {

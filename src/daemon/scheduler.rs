@@ -103,6 +103,7 @@ impl Runner for SyncRunner {
         Box::pin(async move {
             let mut options = RunOptions::new(Trigger::Scheduled, cancel);
             options.share = share;
+            options.leases = metrics.held_leases();
             let summary = match target.amplitude.list_cached(LISTING_TTL).await {
                 Ok(cohorts) => {
                     let info = cohorts.iter().find(|c| c.id == target.cohort.amplitude_id);

@@ -3,8 +3,36 @@
 //! A lease is a row per cohort with a holder, an expiry and a fence. Taking over a free or
 //! expired lease bumps the fence, so writes still carrying the old fence are refused. The
 //! fence, not the clock, guards writes: an expired lease nobody took over still writes.
+//! On PostgreSQL holders are per process ([`process_holder`]), so a restarted replica
+//! waits for its old process's lease to expire (or be released) like any other replica.
 
 use super::{CohortKey, Lease, StateError, Store, keyed, with_pool};
+
+/// Separates the replica name from the process nonce in a lease holder.
+const NONCE_MARK: char = '#';
+/// Hex digits of the process nonce.
+const NONCE_DIGITS: usize = 16;
+
+/// The lease holder of one process of `replica`: the name and a random nonce.
+///
+/// A holder re-acquires its own live lease without waiting, so the nonce keeps two live
+/// processes that share a replica name (a restart while the old process still runs, or a
+/// copied name) from both holding one cohort. Call it once per process.
+pub fn process_holder(replica: &str) -> String {
+    format!("{replica}{NONCE_MARK}{:0NONCE_DIGITS$x}", fastrand::u64(..))
+}
+
+/// The replica name of a holder made by [`process_holder`]; any other holder as it is.
+pub fn replica_name(holder: &str) -> &str {
+    match holder.rsplit_once(NONCE_MARK) {
+        Some((name, nonce))
+            if nonce.len() == NONCE_DIGITS && nonce.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            name
+        }
+        _ => holder,
+    }
+}
 
 impl Store {
     /// Takes the lease on `key` for `ttl_ms`, when it is free, expired, or already held by
@@ -125,5 +153,22 @@ impl Store {
                 .await
         })
         .map_err(StateError::query("read a lease"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_holder_shows_its_replica_name_and_differs_per_process() {
+        let a = process_holder("host-a");
+        let b = process_holder("host-a");
+        assert_ne!(a, b);
+        assert!(a.starts_with("host-a#") && a.len() == "host-a#".len() + NONCE_DIGITS);
+        assert_eq!(replica_name(&a), "host-a");
+        assert_eq!(replica_name(&process_holder("db#1")), "db#1");
+        assert_eq!(replica_name("plain"), "plain");
+        assert_eq!(replica_name("odd#name"), "odd#name");
     }
 }

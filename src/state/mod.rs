@@ -28,6 +28,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Database, Encode, Type};
 
 pub use error::StateError;
+pub use lease::{process_holder, replica_name};
 pub use lock::{SqliteLock, lock_sqlite};
 pub use types::{
     AckBatch, CohortKey, CohortState, DEFAULT_ACCOUNT, DEFAULT_PROJECT, Lease, Op, PendingExport,

@@ -49,7 +49,7 @@ impl fmt::Display for CohortKey {
 pub struct Lease {
     /// The cohort it covers.
     pub key: CohortKey,
-    /// Who holds it: the replica name.
+    /// Who holds it: one process of a replica, as [`super::process_holder`] names it.
     pub holder: String,
     /// Grows at every change of holder; a write carrying an older fence is refused.
     pub fence: i64,
@@ -172,7 +172,7 @@ pub struct RunRecord {
     pub counts: RunCounts,
     /// Why it failed or was held, when it was.
     pub error: Option<String>,
-    /// The replica that ran it; taken from the lease when recorded.
+    /// The process that ran it (see [`super::replica_name`]); the lease's holder.
     pub holder: String,
 }
 

@@ -14,6 +14,7 @@ mod summary;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +59,8 @@ pub struct RunOptions {
     pub cancel: CancellationToken,
     /// Exports shared by the runs of one cohort to several 1Flow accounts.
     pub share: Arc<ExportShare>,
+    /// Counts the run's lease while it is held.
+    pub leases: HeldLeases,
 }
 
 impl RunOptions {
@@ -72,7 +75,36 @@ impl RunOptions {
             run_id: new_run_id(),
             cancel,
             share: Arc::new(ExportShare::for_pass()),
+            leases: HeldLeases::default(),
         }
+    }
+}
+
+/// How many cohort leases runs hold right now; clones share one count.
+#[derive(Debug, Clone, Default)]
+pub struct HeldLeases(Arc<AtomicI64>);
+
+impl HeldLeases {
+    /// The leases held now.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more lease until the returned guard is dropped.
+    pub fn hold(&self) -> HeldLease {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        HeldLease(self.clone())
+    }
+}
+
+/// One lease counted in [`HeldLeases`]; dropping it (even by a panic or a dropped run)
+/// uncounts it.
+#[must_use = "the lease is uncounted when this is dropped"]
+pub struct HeldLease(HeldLeases);
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -20,7 +20,7 @@ use crate::amplitude::{AmplitudeError, CohortInfo};
 use crate::export::{ParseProgress, Parsed};
 use crate::members::{self, IdSet};
 use crate::oneflow::OneflowError;
-use crate::state::{Lease, Op, PendingExport};
+use crate::state::{CohortState, Lease, Op, PendingExport, replica_name};
 
 /// How long a pending export's request id stays usable.
 const PENDING_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -125,8 +125,7 @@ async fn run_stages(
 
     let store = &target.store;
     let state = store.cohort(&target.key).await?;
-    let unchanged = info.last_computed.is_some() && state.synced_computed == info.last_computed;
-    if unchanged && !options.full && state.pending.is_none() && state.journal_batches == 0 {
+    if nothing_to_do(info, &state, options) {
         summary.outcome = Outcome::Unchanged;
         summary.acknowledged = state.acknowledged;
         return Ok(());
@@ -147,12 +146,34 @@ async fn run_stages(
                 .await?
                 .map(|(h, _)| h)
                 .unwrap_or_default();
-            return Err(Stop::with(
-                Outcome::Skipped,
-                format!("another runner ({holder}) holds this cohort's lease; skipped"),
-            ));
+            let name = replica_name(&holder);
+            let message = if name == replica_name(&target.holder) {
+                format!(
+                    "another process of this replica ({name}) holds this cohort's lease, until \
+                     it is released or expires; skipped"
+                )
+            } else {
+                format!("another replica ({name}) holds this cohort's lease; skipped")
+            };
+            return Err(Stop::with(Outcome::Skipped, message));
         }
     };
+    let _held = options.leases.hold();
+    // The state read above may predate a run another replica finished just before this
+    // lease was taken: decide again on what is stored now, so that run is not repeated.
+    let state = match store.cohort(&target.key).await {
+        Ok(state) => state,
+        Err(error) => {
+            release(target, lease).await;
+            return Err(error.into());
+        }
+    };
+    if nothing_to_do(info, &state, options) {
+        release(target, lease).await;
+        summary.outcome = Outcome::Unchanged;
+        summary.acknowledged = state.acknowledged;
+        return Ok(());
+    }
     let started_at = chrono::Utc::now().timestamp_millis();
     let cancel = options.cancel.child_token();
     let renewer = spawn_renewer(target, lease.clone(), cancel.clone());
@@ -170,10 +191,30 @@ async fn run_stages(
     if let Err(error) = store.finish_run(&lease, &record).await {
         tracing::warn!(%error, "Could not record the run in the state store.");
     }
-    if let Err(error) = store.release_lease(lease).await {
+    release(target, lease).await;
+    result
+}
+
+/// Whether the cohort's last fully synced export is Amplitude's latest computation and
+/// nothing of an earlier run is left to finish.
+fn nothing_to_do(info: &CohortInfo, state: &CohortState, options: &RunOptions) -> bool {
+    let unchanged = match (&state.synced_computed, &info.last_computed) {
+        (Some(synced), Some(listed)) => synced == listed || is_newer(synced, listed),
+        _ => false,
+    };
+    unchanged && !options.full && state.pending.is_none() && state.journal_batches == 0
+}
+
+/// Whether timestamp `a` is later than `b`, when both are numbers. Another replica may have
+/// synced a computation this process's cohort listing, taken a moment earlier, predates.
+fn is_newer(a: &str, b: &str) -> bool {
+    matches!((a.parse::<i64>(), b.parse::<i64>()), (Ok(a), Ok(b)) if a > b)
+}
+
+async fn release(target: &CohortTarget, lease: Lease) {
+    if let Err(error) = target.store.release_lease(lease).await {
         tracing::warn!(%error, "Could not release the cohort's lease.");
     }
-    result
 }
 
 /// Keeps the lease alive while the run lasts; cancels the run if it is lost.
@@ -202,7 +243,7 @@ fn spawn_renewer(
 async fn leased_run(
     target: &CohortTarget,
     info: &CohortInfo,
-    state: &crate::state::CohortState,
+    state: &CohortState,
     lease: &Lease,
     options: &RunOptions,
     cancel: &CancellationToken,
@@ -710,6 +751,23 @@ mod tests {
             archived: false,
             last_computed: last_computed.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn a_listing_older_than_the_synced_computation_means_nothing_to_do() {
+        let options = RunOptions::new(super::Trigger::Scheduled, CancellationToken::new());
+        let state = |synced: &str| CohortState {
+            synced_computed: Some(synced.into()),
+            ..CohortState::default()
+        };
+        assert!(nothing_to_do(&info(Some("100")), &state("100"), &options));
+        assert!(nothing_to_do(&info(Some("100")), &state("160"), &options));
+        assert!(!nothing_to_do(&info(Some("160")), &state("100"), &options));
+        assert!(!nothing_to_do(&info(Some("b")), &state("a"), &options));
+        assert!(!nothing_to_do(&info(None), &state("100"), &options));
+        let mut full = options.clone();
+        full.full = true;
+        assert!(!nothing_to_do(&info(Some("100")), &state("100"), &full));
     }
 
     #[test]
