@@ -50,7 +50,10 @@ static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-const SQLITE_MAX_CONNECTIONS: u32 = 4;
+/// SQLite admits one writer at a time anyway; one connection per process means a
+/// write that failed (a full disk, say) can never leave another connection of ours
+/// waiting on its lock, and in-process calls queue instead of meeting SQLITE_BUSY.
+const SQLITE_MAX_CONNECTIONS: u32 = 1;
 const POSTGRES_MAX_CONNECTIONS: u32 = 8;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
