@@ -126,6 +126,7 @@ impl OneflowClient {
             .user_agent(concat!("cohort-sync/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
             .timeout(config.request_timeout)
             .pool_max_idle_per_host(config.concurrency.max(1) * 2)
             .build()?;

@@ -97,9 +97,21 @@ impl Shared {
     }
 
     /// Sleeps for `delay`; false if the sandbox stopped first.
+    ///
+    /// tokio's timer rounds up to the next millisecond and wakes late by about as much
+    /// again, which would make a "20 ms" 1Flow answer after 22 ms. The last stretch is
+    /// slept on a blocking thread instead, which the kernel wakes within microseconds.
     async fn pause(&self, delay: Duration) -> bool {
+        const COARSE_MARGIN: Duration = Duration::from_millis(3);
+        let deadline = std::time::Instant::now() + delay;
+        let coarse = delay.saturating_sub(COARSE_MARGIN);
+        let precise = async move {
+            tokio::time::sleep(coarse).await;
+            let rest = deadline.saturating_duration_since(std::time::Instant::now());
+            let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+        };
         tokio::select! {
-            () = tokio::time::sleep(delay) => true,
+            () = precise => true,
             () = self.stop.cancelled() => false,
         }
     }
@@ -304,7 +316,7 @@ impl Sandbox {
 
     /// The lists of the 1Flow account with this key (empty if there is none).
     pub fn lists_in(&self, account_api_key: &str) -> Vec<FakeListInfo> {
-        let state = self.shared.lock();
+        let mut state = self.shared.lock();
         state
             .account_index(account_api_key)
             .map(|a| state.list_infos(a))
@@ -313,22 +325,22 @@ impl Sandbox {
 
     /// The members of a list of any account (empty if there is none).
     pub fn list_members(&self, list_id: &str) -> BTreeSet<String> {
-        let state = self.shared.lock();
+        let mut state = self.shared.lock();
         state
-            .list(list_id)
-            .map(|l| l.members.iter().cloned().collect())
+            .list_mut(list_id)
+            .map(|l| l.members.settled().iter().cloned().collect())
             .unwrap_or_default()
     }
 
     /// The members of the latest live list of the default account created with this
     /// `cohort_id`; `None` if there is none.
     pub fn members_of_cohort(&self, cohort_id: &str) -> Option<BTreeSet<String>> {
-        let state = self.shared.lock();
+        let mut state = self.shared.lock();
         let list =
-            state.lists.iter().rev().find(|l| {
+            state.lists.iter_mut().rev().find(|l| {
                 l.account == 0 && !l.deleted && l.cohort_id.as_deref() == Some(cohort_id)
             })?;
-        Some(list.members.iter().cloned().collect())
+        Some(list.members.settled().iter().cloned().collect())
     }
 
     /// Every request the fake 1Flow received, in arrival order. A request still waiting
@@ -345,9 +357,8 @@ impl Sandbox {
         let Some(list) = state.list_mut(list_id) else {
             return 0;
         };
-        ids.iter()
-            .filter(|id| list.members.remove(id.as_ref()))
-            .count()
+        let members = list.members.settled();
+        ids.iter().filter(|id| members.remove(id.as_ref())).count()
     }
 
     /// Deletes a list: later adds and removes to it answer 404. False if there is none.
@@ -372,6 +383,11 @@ fn serve(
     stop: &CancellationToken,
 ) -> JoinHandle<io::Result<()>> {
     let stop = stop.clone();
+    // Nagle's algorithm would hold back small answers behind delayed ACKs: the
+    // benchmark's 1Flow must answer as soon as it is done.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(stop.cancelled_owned())

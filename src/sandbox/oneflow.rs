@@ -4,7 +4,6 @@
 //! set per list, so repeated batches are harmless; creating is not idempotent. Every
 //! request is logged as a [`OneflowRequest`] in arrival order.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -168,7 +167,7 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
                     account: account.unwrap_or(0),
                     name: request.name,
                     cohort_id: request.cohort_id,
-                    members: HashSet::default(),
+                    members: Default::default(),
                     deleted: false,
                 });
                 state.oneflow_log[index].list_id = Some(list_id.clone());
@@ -257,13 +256,8 @@ fn apply(
     }
 
     match op {
-        OfOp::Remove => ids.iter().for_each(|id| {
-            list.members.remove(id);
-        }),
-        _ => {
-            list.members.reserve(ids.len());
-            list.members.extend(ids);
-        }
+        OfOp::Remove => list.members.remove(ids),
+        _ => list.members.add(ids),
     }
     Json(json!({ "ok": true })).into_response()
 }

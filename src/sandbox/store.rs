@@ -76,8 +76,45 @@ pub(super) struct FakeList {
     pub(super) account: usize,
     pub(super) name: String,
     pub(super) cohort_id: Option<String>,
-    pub(super) members: HashSet<String, xxhash_rust::xxh3::Xxh3DefaultBuilder>,
+    pub(super) members: Membership,
     pub(super) deleted: bool,
+}
+
+/// A list's members. Batches are queued as they arrive and applied, in order, only
+/// when someone looks: answering a batch costs one push under the sandbox's lock, so
+/// the fake 1Flow is never what limits a benchmark.
+#[derive(Default)]
+pub(super) struct Membership {
+    settled: HashSet<String, xxhash_rust::xxh3::Xxh3DefaultBuilder>,
+    queued: Vec<(bool, Vec<String>)>,
+}
+
+impl Membership {
+    /// Queues ids to add.
+    pub(super) fn add(&mut self, ids: Vec<String>) {
+        self.queued.push((true, ids));
+    }
+
+    /// Queues ids to remove.
+    pub(super) fn remove(&mut self, ids: Vec<String>) {
+        self.queued.push((false, ids));
+    }
+
+    /// The members, with every queued batch applied.
+    pub(super) fn settled(
+        &mut self,
+    ) -> &mut HashSet<String, xxhash_rust::xxh3::Xxh3DefaultBuilder> {
+        for (add, ids) in self.queued.drain(..) {
+            if add {
+                self.settled.extend(ids);
+            } else {
+                for id in &ids {
+                    self.settled.remove(id);
+                }
+            }
+        }
+        &mut self.settled
+    }
 }
 
 pub(super) struct State {
@@ -221,22 +258,18 @@ impl State {
         request_id
     }
 
-    pub(super) fn list(&self, list_id: &str) -> Option<&FakeList> {
-        self.lists.iter().find(|l| l.id == list_id)
-    }
-
     pub(super) fn list_mut(&mut self, list_id: &str) -> Option<&mut FakeList> {
         self.lists.iter_mut().find(|l| l.id == list_id)
     }
 
-    pub(super) fn list_infos(&self, account: usize) -> Vec<FakeListInfo> {
-        let lists = self.lists.iter().filter(|l| l.account == account);
+    pub(super) fn list_infos(&mut self, account: usize) -> Vec<FakeListInfo> {
+        let lists = self.lists.iter_mut().filter(|l| l.account == account);
         lists
             .map(|l| FakeListInfo {
                 id: l.id.clone(),
                 name: l.name.clone(),
                 cohort_id: l.cohort_id.clone(),
-                members: l.members.len(),
+                members: l.members.settled().len(),
                 deleted: l.deleted,
             })
             .collect()
