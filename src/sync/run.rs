@@ -275,7 +275,6 @@ async fn leased_run(
         None => create_list(target, info, lease).await?,
     };
     let current = &parsed.members;
-    let push_started = Instant::now();
     let pushed = push_diff(
         target,
         lease,
@@ -306,7 +305,6 @@ async fn leased_run(
         other => other.map_err(ListGone::into_stop)?,
     };
 
-    summary.push_duration = push_started.elapsed();
 
     // Only a complete run marks the export as synced (which also clears the pending
     // export); a partial one keeps the request id so the next run reuses it.
@@ -619,6 +617,7 @@ async fn push_diff(
         set: current,
         positions: &adds,
     };
+    let sending = Instant::now();
     let added = push::push(
         &account.client,
         list_id,
@@ -649,6 +648,7 @@ async fn push_diff(
         PushOutcome::default()
     };
     acks.finish().await;
+    summary.push_duration += sending.elapsed();
     reporter.finish();
 
     summary.added += added.confirmed_ids() as u64;
