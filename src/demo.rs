@@ -95,7 +95,7 @@ async fn demo(count: usize) -> Result<(), String> {
     let third = pass(&engine).await;
     expect_members(&sandbox, &sample)?;
     println!(
-        "        Only the difference was sent: +{} -{}. 1Flow matches Amplitude again ({} members).",
+        "        Only the difference was sent: +{} -{} (leavers who were anonymous were never in\n        1Flow). 1Flow matches Amplitude again ({} members).",
         third.added, third.removed, third.acknowledged
     );
 

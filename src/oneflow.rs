@@ -155,7 +155,7 @@ impl OneflowClient {
     /// See [`OneflowError`].
     pub async fn create_list(&self, name: &str, cohort_id: &str) -> Result<String, OneflowError> {
         let body = serde_json::json!({ "name": name, "cohort_id": cohort_id }).to_string();
-        let url = format!("{}/lists", self.base_url);
+        let url = retry::endpoint(&self.base_url, &["lists"]);
         let what = format!("the creation of list \"{name}\"");
         let posted = self.post(&url, body.into_bytes(), None, &what, "").await;
         let (bytes, _) = posted.map_err(|error| match error {
@@ -189,7 +189,7 @@ impl OneflowClient {
         let mut report = SendReport::default();
         let mut pending = vec![ids];
         while let Some(part) = pending.pop() {
-            let url = format!("{}/lists/{}/{}", self.base_url, list_id, op_path(op));
+            let url = retry::endpoint(&self.base_url, &["lists", list_id, op_path(op)]);
             let key = idempotency_key(list_id, op, part);
             let what = format!("a batch of {} {}s", part.len(), op_path(op));
             match self

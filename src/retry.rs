@@ -116,6 +116,20 @@ pub fn describe_transport(error: &reqwest::Error) -> String {
     text
 }
 
+/// `base` followed by `segments`, each percent-encoded as one path segment (a cohort
+/// id holding `/` or `?` stays one segment). `base` is a validated http(s) URL.
+pub fn endpoint(base: &str, segments: &[&str]) -> String {
+    match reqwest::Url::parse(base) {
+        Ok(mut url) => {
+            if let Ok(mut path) = url.path_segments_mut() {
+                path.pop_if_empty().extend(segments);
+            }
+            url.to_string()
+        }
+        Err(_) => format!("{base}/{}", segments.join("/")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +201,21 @@ mod tests {
         let text = describe_transport(&error);
         assert!(text.to_lowercase().contains("refused"), "{text}");
         assert!(!text.contains("secret-path"), "{text}");
+    }
+
+    #[test]
+    fn endpoints_encode_each_segment() {
+        assert_eq!(
+            endpoint(
+                "http://h:1",
+                &["api", "5", "cohorts", "request", "a/b?c#d e"]
+            ),
+            "http://h:1/api/5/cohorts/request/a%2Fb%3Fc%23d%20e"
+        );
+        assert_eq!(
+            endpoint("http://h:1/proxy/", &["lists"]),
+            "http://h:1/proxy/lists"
+        );
     }
 
     #[test]

@@ -291,6 +291,13 @@ async fn unreadable_lookup_table_names_the_key_and_file() {
     let line = line_of(&config_text(&world), "lookup");
     let located = format!("{}:{line}: cohorts[0].lookup", config_name(&world));
     both_refuse(&world, &[&located, "tables"]).await;
+
+    // A malformed row is found by `check`, not by the first run.
+    let world = world_with(World::base_toml, &cohort_toml("c1", "lookup = \"ids.csv\"")).await;
+    std::fs::write(world.dir.path().join("ids.csv"), "a1,of-1\na2,of-2,extra\n").unwrap();
+    let line = line_of(&config_text(&world), "lookup");
+    let located = format!("{}:{line}: cohorts[0].lookup", config_name(&world));
+    both_refuse(&world, &[&located, "ids.csv", "line 2"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

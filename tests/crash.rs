@@ -47,6 +47,10 @@ async fn sigkill_mid_push_resends_at_most_the_batches_in_flight() {
     world.sandbox.faults().set_never_complete(true);
     let mut child = world.spawn(&["sync"]);
     let deadline = Instant::now() + Duration::from_secs(10);
+    while !world.state_path().exists() {
+        assert!(Instant::now() < deadline, "the state file never appeared");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     while world.cohort_status("c1").await["pending_export"].is_null() {
         assert!(Instant::now() < deadline, "the export never started");
         tokio::time::sleep(Duration::from_millis(5)).await;

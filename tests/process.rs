@@ -256,3 +256,45 @@ async fn sigterm_stops_a_sync_after_the_batches_in_flight() {
         "the export was reused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_tells_a_killed_run_from_a_running_one_and_missing_state_from_empty() {
+    let world = World::new(&cohort_toml("c1", "")).await;
+    let missing = world.cli(&["status"]).await;
+    assert!(missing.status.success(), "{}", text(&missing));
+    assert!(all_output(&missing).contains("never"), "{}", text(&missing));
+    assert!(
+        all_output(&missing).contains("there is no state at"),
+        "{}",
+        text(&missing)
+    );
+    assert!(!world.state_path().exists(), "status created no state");
+
+    world
+        .sandbox
+        .put_cohort(cohort("c1", sample_members(20_000, 0.0, 6)));
+    world
+        .sandbox
+        .faults()
+        .set_oneflow_latency(Duration::from_millis(200));
+    let mut child = world.spawn(&["sync"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while world.sandbox.lists().first().is_none_or(|l| l.members == 0) {
+        assert!(Instant::now() < deadline, "the push never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let running = world.status_json().await;
+    assert_eq!(
+        running["cohorts"][0]["last_run"]["result"], "running",
+        "{running}"
+    );
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stopped = world.status_json().await;
+    let result = stopped["cohorts"][0]["last_run"]["result"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(result.starts_with("stopped"), "{stopped}");
+}

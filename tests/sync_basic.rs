@@ -346,12 +346,20 @@ async fn dry_run_writes_nothing_and_shows_what_it_would_send() {
         "Amplitude counts it: {status}"
     );
 
-    // The real run after it still sends everything.
+    // Another dry run reuses the export the first one started, and so does the real
+    // run after them: one export in all.
+    let output = world.cli(&["sync", "--dry-run"]).await;
+    assert!(output.status.success(), "{}", text(&output));
     let output = world.cli(&["sync"]).await;
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(
         world.sandbox.members_of_cohort("c1"),
         Some(expected(&members))
+    );
+    assert_eq!(
+        world.sandbox.export_requests("c1"),
+        1,
+        "dry runs do not waste exports"
     );
 
     // A dry run of a change shows the removes and sends nothing.

@@ -246,7 +246,7 @@ impl AmplitudeClient {
     ///
     /// See [`AmplitudeError`].
     pub async fn list_cohorts(&self) -> Result<Vec<CohortInfo>, AmplitudeError> {
-        let url = format!("{}/api/3/cohorts", self.base_url);
+        let url = retry::endpoint(&self.base_url, &["api", "3", "cohorts"]);
         let response = self.call(Endpoint::List, &url, &[], "the project").await?;
         let body: ListBody = read_json(Endpoint::List, response).await?;
         Ok(body.cohorts.into_iter().map(CohortInfo::from).collect())
@@ -264,7 +264,10 @@ impl AmplitudeClient {
         properties: &[String],
     ) -> Result<String, AmplitudeError> {
         self.limiter.export().await;
-        let url = format!("{}/api/5/cohorts/request/{}", self.base_url, cohort_id);
+        let url = retry::endpoint(
+            &self.base_url,
+            &["api", "5", "cohorts", "request", cohort_id],
+        );
         let mut query = vec![("props", if properties.is_empty() { "0" } else { "1" })];
         query.extend(properties.iter().map(|p| ("propKeys", p.as_str())));
         let what = format!("cohort {cohort_id}");
@@ -279,9 +282,9 @@ impl AmplitudeClient {
     ///
     /// [`AmplitudeError::Timeout`] after `export_timeout`, or any call error.
     pub async fn wait_for_export(&self, request_id: &str) -> Result<(), AmplitudeError> {
-        let url = format!(
-            "{}/api/5/cohorts/request-status/{}",
-            self.base_url, request_id
+        let url = retry::endpoint(
+            &self.base_url,
+            &["api", "5", "cohorts", "request-status", request_id],
         );
         let deadline = tokio::time::Instant::now() + self.export_timeout;
         let what = format!("export request {request_id}");
@@ -324,9 +327,9 @@ impl AmplitudeClient {
     ///
     /// See [`AmplitudeError`].
     pub async fn download(&self, request_id: &str) -> Result<Response, AmplitudeError> {
-        let url = format!(
-            "{}/api/5/cohorts/request/{}/file",
-            self.base_url, request_id
+        let url = retry::endpoint(
+            &self.base_url,
+            &["api", "5", "cohorts", "request", request_id, "file"],
         );
         let what = format!("export request {request_id}");
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));

@@ -79,7 +79,9 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
         };
         let words: Vec<&str> = line.split_whitespace().collect();
         reply = match words.as_slice() {
-            ["churn", leave, join] => {
+            ["churn", leave, join]
+                if leave.parse::<usize>().is_ok() && join.parse::<usize>().is_ok() =>
+            {
                 let (leave, join) = (leave.parse().unwrap_or(0), join.parse().unwrap_or(0));
                 let first = next_member;
                 next_member += join as u64;
@@ -93,7 +95,7 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
                 });
                 format!("ok churned {leave} {join}")
             }
-            ["latency", ms] => {
+            ["latency", ms] if ms.parse::<u64>().is_ok() => {
                 let ms = ms.parse().unwrap_or(0);
                 sandbox
                     .faults()
@@ -108,7 +110,10 @@ pub async fn run(args: SandboxArgs) -> ExitCode {
             }
             ["exports"] => format!("ok {}", sandbox.export_requests(&args.cohort_id)),
             ["quit"] => break,
-            _ => format!("error: unknown command {line:?}"),
+            _ => format!(
+                "error: unknown command {line:?}; commands: churn LEAVE JOIN, latency MS, \
+                 members, exports, quit"
+            ),
         };
     }
     ExitCode::SUCCESS

@@ -169,13 +169,38 @@ pub async fn status(path: &Path, as_json: bool) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let store = match open_store(&config, false).await {
-        Ok((store, _)) => store,
+    // A state file that does not exist is not created: with a mistyped path that would
+    // leave a stray database behind. Its (empty) report is read from a scratch copy.
+    let missing = match (&config.state.url, &config.state.path) {
+        (None, Some(path)) if !path.exists() => Some(path.clone()),
+        _ => None,
+    };
+    let scratch = match missing.as_ref().map(|_| tempfile::tempdir()).transpose() {
+        Ok(scratch) => scratch,
+        Err(error) => {
+            eprintln!("error: cannot create a scratch directory: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let opened = match &scratch {
+        Some(dir) => crate::state::Store::open_sqlite(&dir.path().join("empty.db")).await,
+        None => open_store(&config, false).await.map(|(store, _)| store),
+    };
+    let store = match opened {
+        Ok(store) => store,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = &missing {
+        eprintln!(
+            "note: there is no state at {} (state.path in {}) yet: nothing has synced with \
+             this config, or the path is wrong",
+            path.display(),
+            config.source.display()
+        );
+    }
     match collect(&config, &store).await {
         Ok(report) if as_json => {
             println!(
@@ -228,6 +253,12 @@ async fn collect(
         }));
     }
 
+    // On SQLite, a free file lock means no cohort-sync process is running on this state,
+    // whatever the leases say (a killed process leaves its lease until it expires).
+    let nobody_runs = match (&config.state.url, &config.state.path) {
+        (None, Some(path)) => crate::state::lock_sqlite(path).is_ok(),
+        _ => false,
+    };
     let mut cohorts = Vec::new();
     for cohort in &config.cohorts {
         let key = CohortKey {
@@ -249,6 +280,17 @@ async fn collect(
             .into_iter()
             .find(|r| r.result == "synced" || r.result == "unchanged");
         let holder = store.lease_holder(&key).await?;
+        // A run still marked running with no live lease was cut short: its process
+        // died or was killed. Say so rather than "running".
+        let now = chrono::Utc::now().timestamp_millis();
+        let alive = holder.as_ref().is_some_and(|(_, expires)| *expires > now) && !nobody_runs;
+        let mut last_run = last.as_ref().map(run_json);
+        if let Some(run) = last_run.as_mut()
+            && run["result"] == crate::state::RUN_IN_PROGRESS
+            && !alive
+        {
+            run["result"] = json!("stopped (the process ended mid-run; the next run resumes)");
+        }
         cohorts.push(json!({
             "amplitude_id": cohort.amplitude_id,
             "name": cohort.name,
@@ -261,7 +303,7 @@ async fn collect(
             "pending_export": state.pending.as_ref().map(|p| json!({
                 "request_id": p.request_id, "started_at": format_ms(p.started_at),
             })),
-            "last_run": last.as_ref().map(run_json),
+            "last_run": last_run,
             "last_success": last_success.as_ref().map(|r| format_ms(r.finished_at.unwrap_or(r.started_at))),
             "lease": holder.map(|(holder, expires)| json!({
                 "holder": crate::state::replica_name(&holder), "process": holder,

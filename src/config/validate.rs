@@ -258,6 +258,19 @@ fn log_level(raw: Option<String>, ctx: &Ctx) -> Result<String> {
     if level.trim().is_empty() {
         return Err(ctx.invalid("log.level", "must not be empty"));
     }
+    // A bare word that is not a level parses as a target name, which turns every other
+    // log line off: "verbose" would silence the daemon. Accept levels and
+    // `target=level` directives only.
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            let message = format!(
+                "{directive:?} is not a level; use one of trace, debug, info, warn, error, \
+                 off, or target=level directives such as \"info,cohort_sync=debug\""
+            );
+            return Err(ctx.invalid("log.level", message));
+        }
+    }
     match tracing_subscriber::EnvFilter::builder().parse(&level) {
         Ok(_) => Ok(level),
         Err(err) => Err(ctx.invalid("log.level", format!("invalid filter {level:?}: {err}"))),
@@ -397,6 +410,12 @@ fn lookup_file(value: &str, key: &str, ctx: &Ctx) -> Result<std::path::PathBuf> 
                 Err(io::Error::other("not a regular file"))
             }
         });
+    // The whole table is read now, so `check` reports a bad row instead of the first run.
+    if check.is_ok()
+        && let Err(error) = crate::mapping::read_lookup(&file)
+    {
+        return Err(ctx.invalid(key, error.to_string()));
+    }
     match check {
         Ok(()) => Ok(file),
         Err(source) => Err(ConfigError::Lookup {

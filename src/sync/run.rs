@@ -268,6 +268,7 @@ async fn leased_run(
     summary.export_duration = export_started.elapsed();
     summary.counts = parsed.counts;
     let acknowledged = store.load_acknowledged(&target.key).await?;
+    summary.acknowledged = acknowledged.len() as u64;
     guard(target, info, &parsed, &acknowledged, options)?;
 
     let list_id = match &state.list_id {
@@ -304,7 +305,6 @@ async fn leased_run(
         }
         other => other.map_err(ListGone::into_stop)?,
     };
-
 
     // Only a complete run marks the export as synced (which also clears the pending
     // export); a partial one keeps the request id so the next run reuses it.
@@ -501,7 +501,8 @@ fn guard(
             Outcome::Held,
             format!(
                 "the export is empty but 1Flow has {} acknowledged members; nothing was pushed. \
-                 If the cohort really is empty, run `cohort-sync sync {} --allow-mass-removal`",
+                 If the cohort really is empty, run `cohort-sync sync {} --allow-mass-removal` \
+                 (with the daemon stopped, if one runs on this SQLite state file)",
                 acknowledged.len(),
                 target.cohort.amplitude_id
             ),
@@ -517,7 +518,9 @@ fn guard(
             format!(
                 "this run would remove {removes} of {} acknowledged members ({:.0}%, more than \
                  max_removal_ratio {ratio}); nothing was pushed. To proceed, run `cohort-sync sync \
-                 {} --allow-mass-removal`, or raise max_removal_ratio for this cohort",
+                 {} --allow-mass-removal` (with the daemon stopped, if one runs on this SQLite \
+                 state file), or raise max_removal_ratio for this cohort in the config (a running \
+                 daemon reloads it)",
                 acknowledged.len(),
                 removes as f64 * 100.0 / acknowledged.len() as f64,
                 target.cohort.amplitude_id
@@ -702,8 +705,22 @@ async fn dry_run(
     options: &RunOptions,
     summary: &mut Summary,
 ) -> Result<(), Stop> {
-    let (parsed, _) = export(target, info, pending, None, options, summary).await?;
-    let acknowledged = target.store.load_acknowledged(&target.key).await?;
+    // An export a dry run starts is saved as pending, so the real run after it reuses it
+    // instead of spending a second one. That needs the cohort's lease for a moment;
+    // when another runner holds it, the export is read but not saved.
+    let store = &target.store;
+    let lease = store
+        .acquire_lease(&target.key, &target.holder, target.lease_ttl_ms)
+        .await?;
+    let exported = export(target, info, pending, lease.as_ref(), options, summary).await;
+    if let Some(lease) = lease
+        && let Err(error) = store.release_lease(lease).await
+    {
+        tracing::warn!(%error, "Could not release the cohort's lease.");
+    }
+    let (parsed, _) = exported?;
+    let acknowledged = store.load_acknowledged(&target.key).await?;
+    summary.acknowledged = acknowledged.len() as u64;
     guard(target, info, &parsed, &acknowledged, options)?;
     let diff = members::diff(&parsed.members, &acknowledged);
     summary.counts = parsed.counts;

@@ -243,6 +243,8 @@ fn other_invalid_values_name_their_keys() {
         ),
         ("\n[log]\nformat = \"xml\"\n".to_owned(), "log.format"),
         ("\n[log]\nlevel = \"info,[\"\n".to_owned(), "log.level"),
+        // A bare word parses as a target filter and would silence every log line.
+        ("\n[log]\nlevel = \"verbose\"\n".to_owned(), "log.level"),
         (
             "\n[amplitude_projects.Mobile]\napi_key = \"a\"\nsecret_key = \"b\"\n".to_owned(),
             "amplitude_projects.Mobile",
