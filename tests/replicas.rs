@@ -10,8 +10,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +17,7 @@ use std::time::{Duration, Instant};
 use cohort_sync::sandbox::{OfOp, sample_members};
 use cohort_sync::state::{CohortKey, Store};
 use cohort_sync::sync::{Engine, Outcome, RunOptions, Trigger};
+use common::daemon::Daemon;
 use common::{World, cohort, expected};
 use serde_json::Value;
 use sqlx::Connection;
@@ -114,122 +113,14 @@ fn fast_cohort(id: &str) -> String {
     format!("[[cohorts]]\namplitude_id = \"{id}\"\nschedule = \"{EVERY_2S}\"\n\n")
 }
 
-/// A running `cohort-sync run` with a replica name, its stderr collected line by line.
-struct Replica {
-    name: String,
-    child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
-}
+/// A running `cohort-sync run` as replica `name`: the shared daemon harness with
+/// `COHORT_SYNC_REPLICA` set.
+type Replica = Daemon;
 
-impl Replica {
-    /// Starts `cohort-sync run` as replica `name`, with JSON logs, the server on a free
-    /// port, and `env`.
-    fn start(world: &World, name: &str, env: &[(&str, &str)]) -> Replica {
-        let mut command = world.command(&["run"]);
-        command
-            .env("COHORT_SYNC_REPLICA", name)
-            .env("COHORT_SYNC__LOG__FORMAT", "json")
-            .env("COHORT_SYNC__SERVER__LISTEN", "127.0.0.1:0")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("the daemon starts");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Replica {
-            name: name.to_owned(),
-            child,
-            logs,
-        }
-    }
-
-    fn log_objects(&self) -> Vec<Value> {
-        let logs = self.logs.lock().unwrap();
-        logs.iter()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
-    }
-
-    fn log_text(&self) -> String {
-        format!(
-            "--- {}\n{}",
-            self.name,
-            self.logs.lock().unwrap().join("\n")
-        )
-    }
-
-    fn count_logs(&self, wanted: impl Fn(&Value) -> bool) -> usize {
-        self.log_objects().iter().filter(|v| wanted(v)).count()
-    }
-
-    /// Waits for a log line matching `wanted` and returns it.
-    async fn wait_log(&self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(found) = self.log_objects().into_iter().find(&wanted) {
-                return found;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no log line {what} within {WAIT:?}:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until the daemon has started, and returns its server's address.
-    async fn started(&self) -> String {
-        self.wait_log("saying it started", |v| v["message"] == "Started.")
-            .await;
-        let line = self
-            .wait_log("with the bound address", |v| v["bound"].is_string())
-            .await;
-        line["bound"].as_str().unwrap().to_owned()
-    }
-
-    /// SIGTERM, then expects exit 0.
-    async fn stop(&mut self) {
-        let sent = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert_eq!(status.code(), Some(0), "{}", self.log_text());
-                return;
-            }
-            assert!(Instant::now() < deadline, "{}", self.log_text());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: the process dies at once, leaving its leases to expire.
-    fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+fn start_replica(world: &World, name: &str, env: &[(&str, &str)]) -> Replica {
+    let mut env = env.to_vec();
+    env.push(("COHORT_SYNC_REPLICA", name));
+    Daemon::start(world, &env)
 }
 
 fn logs(replicas: &[&Replica]) -> String {
@@ -316,8 +207,8 @@ async fn two_replicas_sync_every_cohort_once_per_change_never_twice_at_once() {
         .faults()
         .set_oneflow_latency(Duration::from_millis(150));
 
-    let mut a = Replica::start(&world, "replica-a", &[]);
-    let mut b = Replica::start(&world, "replica-b", &[]);
+    let mut a = start_replica(&world, "replica-a", &[]);
+    let mut b = start_replica(&world, "replica-b", &[]);
     a.started().await;
     b.started().await;
     let mut want = BTreeMap::new();
@@ -415,8 +306,8 @@ async fn a_killed_replicas_cohort_is_finished_by_the_other_after_its_lease_expir
         ("COHORT_SYNC__ONEFLOW__BATCH_SIZE", "100"),
         ("COHORT_SYNC__ONEFLOW__CONCURRENCY", "1"),
     ];
-    let mut a = Replica::start(&world, "replica-a", &small_batches);
-    let mut b = Replica::start(&world, "replica-b", &small_batches);
+    let mut a = start_replica(&world, "replica-a", &small_batches);
+    let mut b = start_replica(&world, "replica-b", &small_batches);
     let addr_a = a.started().await;
     let addr_b = b.started().await;
     world.sandbox.put_cohort(cohort("k1", members.clone()));
@@ -515,8 +406,8 @@ async fn replicas_racing_for_the_last_exports_stay_within_the_budget() {
     let toml: String = ids.iter().map(|id| fast_cohort(id)).collect();
     let budget = "monthly_export_budget = 5\nexport_reserve = 0";
     let world = world(&schema, budget, "", &toml).await;
-    let mut a = Replica::start(&world, "replica-a", &[]);
-    let mut b = Replica::start(&world, "replica-b", &[]);
+    let mut a = start_replica(&world, "replica-a", &[]);
+    let mut b = start_replica(&world, "replica-b", &[]);
     a.started().await;
     b.started().await;
     for (i, id) in ids.iter().enumerate() {
@@ -576,8 +467,8 @@ async fn two_processes_with_one_replica_name_never_share_a_lease() {
         ("COHORT_SYNC__ONEFLOW__BATCH_SIZE", "100"),
         ("COHORT_SYNC__ONEFLOW__CONCURRENCY", "1"),
     ];
-    let mut first = Replica::start(&world, "same-host", &small_batches);
-    let mut second = Replica::start(&world, "same-host", &small_batches);
+    let mut first = start_replica(&world, "same-host", &small_batches);
+    let mut second = start_replica(&world, "same-host", &small_batches);
     first.started().await;
     second.started().await;
     let members = sample_members(900, 0.0, 31);
@@ -843,10 +734,16 @@ async fn while_the_database_is_down_runs_fail_and_readyz_is_503_then_all_resumes
     world.write_config_with_base(&base, &fast_cohort("o1"));
     let members = sample_members(100, 0.0, 61);
     world.sandbox.put_cohort(cohort("o1", members.clone()));
-    let mut replica = Replica::start(&world, "replica-a", &[]);
+    let mut replica = start_replica(&world, "replica-a", &[]);
     let addr = replica.started().await;
     let want = [("o1".to_owned(), expected(&members))].into();
     wait_all_members(&world, &want, &[&replica]).await;
+    // The first run must have finished (its compaction written) before the cut.
+    replica
+        .wait_log("of the first run finishing", |v| {
+            v["message"] == "Run finished."
+        })
+        .await;
     assert_eq!(readyz(&addr).await, 200);
 
     proxy.cut();

@@ -2,6 +2,8 @@
 //! the real `cohort-sync` binary run against both.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
