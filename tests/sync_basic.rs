@@ -674,3 +674,19 @@ async fn a_run_that_fails_mid_push_resumes_into_the_same_list_and_export() {
     );
     assert!(status["cohorts"][0]["pending_export"].is_null(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_json_prints_one_object_per_cohort_with_its_route() {
+    let world = World::new(&cohort_toml("c1", "name = \"Buyers\"")).await;
+    world
+        .sandbox
+        .put_cohort(cohort("c1", sample_members(300, 0.0, 8)));
+    let output = world.cli(&["sync", "--json"]).await;
+    assert!(output.status.success(), "{}", text(&output));
+    let line: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(line["cohort_id"], "c1", "{line}");
+    assert_eq!(line["project"], "default", "{line}");
+    assert_eq!(line["account"], "default", "{line}");
+    assert_eq!(line["result"], "synced", "{line}");
+    assert_eq!(line["added"], 300, "{line}");
+}

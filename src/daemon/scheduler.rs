@@ -131,7 +131,7 @@ fn listing_failed(
         run_id = %options.run_id,
     );
     let _entered = span.enter();
-    let mut summary = Summary::new(target.label());
+    let mut summary = Summary::for_target(target);
     summary.error = Some(format!("listing the project's cohorts failed: {error}"));
     if error.is_unauthorized() {
         summary.scope = Scope::Project;

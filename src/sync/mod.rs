@@ -366,7 +366,7 @@ impl Engine {
                     run_logged(target, info, &options).await
                 }
                 Err(error) => {
-                    let mut summary = Summary::new(target.label());
+                    let mut summary = Summary::for_target(target);
                     summary.error = Some(format!("listing the project's cohorts failed: {error}"));
                     summary
                 }

@@ -84,7 +84,7 @@ pub async fn run(
     options: &RunOptions,
 ) -> Summary {
     let started = Instant::now();
-    let mut summary = Summary::new(target.label());
+    let mut summary = Summary::for_target(target);
     let result = run_stages(target, info, options, &mut summary).await;
     if let Err(stop) = result {
         summary.outcome = stop.outcome;

@@ -59,6 +59,8 @@ pub enum Scope {
 pub struct Summary {
     /// The cohort's display label: its name and Amplitude id.
     pub cohort: String,
+    /// The route, for scripts: Amplitude cohort id, project and 1Flow account names.
+    pub route: Option<(String, String, String)>,
     /// How it ended.
     pub outcome: Outcome,
     /// What the export parse counted (zero when no export was read).
@@ -96,6 +98,7 @@ impl Summary {
     pub fn new(cohort: String) -> Summary {
         Summary {
             cohort,
+            route: None,
             outcome: Outcome::Failed,
             counts: ExportCounts::default(),
             added: 0,
@@ -117,8 +120,12 @@ impl Summary {
     /// The summary as one JSON object, for `sync --json`.
     pub fn to_json(&self) -> serde_json::Value {
         let c = &self.counts;
+        let (cohort_id, project, account) = self.route.clone().unwrap_or_default();
         serde_json::json!({
             "cohort": self.cohort,
+            "cohort_id": cohort_id,
+            "project": project,
+            "account": account,
             "result": self.outcome.as_str(),
             "rows": c.rows,
             "members": c.members,
@@ -138,6 +145,18 @@ impl Summary {
             "push_secs": self.push_duration.as_secs_f64(),
             "error": self.error,
         })
+    }
+
+    /// An empty record for a target's run, with its route.
+    pub fn for_target(target: &super::CohortTarget) -> Summary {
+        let mut summary = Summary::new(target.label());
+        let key = &target.key;
+        summary.route = Some((
+            key.cohort_id.clone(),
+            key.project.clone(),
+            key.account.clone(),
+        ));
+        summary
     }
 
     /// The one line printed per cohort by `sync`.
