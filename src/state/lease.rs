@@ -61,14 +61,23 @@ impl Store {
                    holder = excluded.holder, expires_at = excluded.expires_at \
                    WHERE leases.holder = excluded.holder OR leases.expires_at <= $6 \
                    RETURNING fence";
+        // In an explicit transaction: SQLite commits a RETURNING statement only when it
+        // is reset, after the row was read, and a commit that fails there (a full disk)
+        // would hand out a lease that was never written; `commit()` reports it.
         let fence: Option<i64> = with_pool!(self, |db| {
-            keyed(sql, key)
-                .bind(holder)
-                .bind(expires_at)
-                .bind(now)
-                .fetch_optional(db)
-                .await
-                .and_then(|row| row.map(|row| sqlx::Row::try_get(&row, 0)).transpose())
+            async {
+                let mut tx = db.begin().await?;
+                let row = keyed(sql, key)
+                    .bind(holder)
+                    .bind(expires_at)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let fence = row.map(|row| sqlx::Row::try_get(&row, 0)).transpose()?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(fence)
+            }
+            .await
         })
         .map_err(StateError::query("acquire a lease"))?;
 

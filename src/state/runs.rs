@@ -156,13 +156,22 @@ impl Store {
                    ON CONFLICT (project, month) DO UPDATE SET \
                    exports = export_ledger.exports + 1 WHERE export_ledger.exports < $3 \
                    RETURNING exports";
+        // In an explicit transaction: SQLite commits a RETURNING statement only when it
+        // is reset, after the row was read, and a commit that fails there (a full disk)
+        // would go unreported; `commit()` reports it.
         let count: Option<(i64,)> = with_pool!(self, |db| {
-            sqlx::query_as(sql)
-                .bind(project)
-                .bind(month)
-                .bind(i64::from(limit))
-                .fetch_optional(db)
-                .await
+            async {
+                let mut tx = db.begin().await?;
+                let count = sqlx::query_as(sql)
+                    .bind(project)
+                    .bind(month)
+                    .bind(i64::from(limit))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(count)
+            }
+            .await
         })
         .map_err(StateError::query("reserve an export"))?;
         Ok(count.map(|(count,)| u32::try_from(count).unwrap_or(u32::MAX)))
