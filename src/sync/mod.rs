@@ -5,6 +5,7 @@
 //! quota) and runs the selected cohorts; [`run::run`] is one cohort's run.
 
 mod export_stage;
+mod guard;
 pub mod progress;
 mod push;
 mod record;

@@ -24,8 +24,6 @@ use crate::state::{CohortState, Lease, Op, PendingExport, replica_name};
 
 /// How long a pending export's request id stays usable.
 const PENDING_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
-/// The mass-removal guard applies from this many acknowledged members.
-const MASS_REMOVAL_FLOOR: usize = 100;
 
 /// Why a run stopped before syncing.
 #[derive(Debug)]
@@ -39,7 +37,7 @@ pub struct Stop {
 }
 
 impl Stop {
-    fn failed(message: impl ToString) -> Stop {
+    pub(super) fn failed(message: impl ToString) -> Stop {
         Stop {
             outcome: Outcome::Failed,
             message: message.to_string(),
@@ -47,7 +45,7 @@ impl Stop {
         }
     }
 
-    fn with(outcome: Outcome, message: impl ToString) -> Stop {
+    pub(super) fn with(outcome: Outcome, message: impl ToString) -> Stop {
         Stop {
             outcome,
             message: message.to_string(),
@@ -269,7 +267,7 @@ async fn leased_run(
     summary.counts = parsed.counts;
     let acknowledged = store.load_acknowledged(&target.key).await?;
     summary.acknowledged = acknowledged.len() as u64;
-    guard(target, info, &parsed, &acknowledged, options)?;
+    super::guard::check(target, info, &parsed, &acknowledged, options)?;
 
     let list_id = match &state.list_id {
         Some(id) => id.clone(),
@@ -468,72 +466,6 @@ async fn start_export(
     Ok((request_id, info.last_computed.clone()))
 }
 
-/// Size sanity and the mass-removal guard. Nothing is pushed when they hold.
-fn guard(
-    target: &CohortTarget,
-    info: &CohortInfo,
-    parsed: &Parsed,
-    acknowledged: &IdSet,
-    options: &RunOptions,
-) -> Result<(), Stop> {
-    let tolerance = target.amplitude.config.size_tolerance;
-    if let Some(size) = info.size.filter(|&s| s > 0) {
-        let rows = parsed.counts.rows as f64;
-        let share = (rows - size as f64).abs() / size as f64;
-        if share > tolerance {
-            return Err(Stop::failed(format!(
-                "the export has {} rows but Amplitude lists {} members ({:.0}% apart, more than \
-                 the {:.0}% allowed by amplitude.size_tolerance); nothing was pushed",
-                parsed.counts.rows,
-                size,
-                share * 100.0,
-                tolerance * 100.0
-            )));
-        }
-    }
-
-    if options.allow_mass_removal {
-        return Ok(());
-    }
-    let current = &parsed.members;
-    if current.is_empty() && !acknowledged.is_empty() {
-        return Err(Stop::with(
-            Outcome::Held,
-            format!(
-                "the export is empty but 1Flow has {} acknowledged members; nothing was pushed. \
-                 If the cohort really is empty, run `cohort-sync sync {} --allow-mass-removal` \
-                 (with the daemon stopped, if one runs on this SQLite state file)",
-                acknowledged.len(),
-                target.cohort.amplitude_id
-            ),
-        ));
-    }
-    let removes = acknowledged.len() - count_kept(acknowledged, current);
-    let ratio = target.cohort.max_removal_ratio;
-    if acknowledged.len() >= MASS_REMOVAL_FLOOR
-        && removes as f64 > ratio * acknowledged.len() as f64
-    {
-        return Err(Stop::with(
-            Outcome::Held,
-            format!(
-                "this run would remove {removes} of {} acknowledged members ({:.0}%, more than \
-                 max_removal_ratio {ratio}); nothing was pushed. To proceed, run `cohort-sync sync \
-                 {} --allow-mass-removal` (with the daemon stopped, if one runs on this SQLite \
-                 state file), or raise max_removal_ratio for this cohort in the config (a running \
-                 daemon reloads it)",
-                acknowledged.len(),
-                removes as f64 * 100.0 / acknowledged.len() as f64,
-                target.cohort.amplitude_id
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn count_kept(acknowledged: &IdSet, current: &IdSet) -> usize {
-    acknowledged.len() - members::diff(current, acknowledged).removes.len()
-}
-
 async fn create_list(
     target: &CohortTarget,
     info: &CohortInfo,
@@ -721,7 +653,7 @@ async fn dry_run(
     let (parsed, _) = exported?;
     let acknowledged = store.load_acknowledged(&target.key).await?;
     summary.acknowledged = acknowledged.len() as u64;
-    guard(target, info, &parsed, &acknowledged, options)?;
+    super::guard::check(target, info, &parsed, &acknowledged, options)?;
     let diff = members::diff(&parsed.members, &acknowledged);
     summary.counts = parsed.counts;
     summary.planned_adds = if options.full {
