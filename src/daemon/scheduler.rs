@@ -104,40 +104,13 @@ impl Runner for SyncRunner {
             let mut options = RunOptions::new(Trigger::Scheduled, cancel);
             options.share = share;
             options.leases = metrics.held_leases();
-            let summary = match target.amplitude.list_cached(LISTING_TTL).await {
-                Ok(cohorts) => {
-                    let info = cohorts.iter().find(|c| c.id == target.cohort.amplitude_id);
-                    crate::sync::run_logged(&target, info, &options).await
-                }
-                Err(error) => listing_failed(&target, &options, &error),
-            };
+            let listed = target.amplitude.list_cached(LISTING_TTL).await;
+            let listed = listed.as_ref().map(|cohorts| cohorts.as_slice());
+            let summary = crate::sync::run_logged(&target, listed, &options).await;
             super::refresh_quota(&metrics, &target).await;
             summary
         })
     }
-}
-
-/// The summary (and log line) of a run that could not list the project's cohorts.
-fn listing_failed(
-    target: &CohortTarget,
-    options: &RunOptions,
-    error: &crate::amplitude::AmplitudeError,
-) -> Summary {
-    let span = tracing::info_span!(
-        "run",
-        cohort = %target.cohort.amplitude_id,
-        project = %target.key.project,
-        account = %target.key.account,
-        run_id = %options.run_id,
-    );
-    let _entered = span.enter();
-    let mut summary = Summary::for_target(target);
-    summary.error = Some(format!("listing the project's cohorts failed: {error}"));
-    if error.is_unauthorized() {
-        summary.scope = Scope::Project;
-    }
-    crate::sync::record_log(&summary);
-    summary
 }
 
 /// A cohort's target and schedule, as of the latest config.

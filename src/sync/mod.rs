@@ -346,42 +346,30 @@ impl Engine {
 
     /// Runs every target in `selected` once, listing each project's cohorts once.
     pub async fn pass(&self, selected: &[Arc<CohortTarget>], options: &RunOptions) -> Vec<Summary> {
-        let mut listings: BTreeMap<String, Result<Vec<CohortInfo>, String>> = BTreeMap::new();
+        let mut listings: BTreeMap<String, Result<Vec<CohortInfo>, AmplitudeError>> =
+            BTreeMap::new();
         let mut summaries = Vec::new();
         for target in selected {
             let project = &target.key.project;
             if !listings.contains_key(project) {
-                let listed = target
-                    .amplitude
-                    .client
-                    .list_cohorts()
-                    .await
-                    .map_err(|e| e.to_string());
+                let listed = target.amplitude.client.list_cohorts().await;
                 listings.insert(project.clone(), listed);
             }
-            let summary = match &listings[project] {
-                Ok(cohorts) => {
-                    let info = cohorts.iter().find(|c| c.id == target.cohort.amplitude_id);
-                    let mut options = options.clone();
-                    options.run_id = new_run_id();
-                    run_logged(target, info, &options).await
-                }
-                Err(error) => {
-                    let mut summary = Summary::for_target(target);
-                    summary.error = Some(format!("listing the project's cohorts failed: {error}"));
-                    summary
-                }
-            };
-            summaries.push(summary);
+            let mut options = options.clone();
+            options.run_id = new_run_id();
+            let listed = listings[project].as_ref().map(Vec::as_slice);
+            summaries.push(run_logged(target, listed, &options).await);
         }
         summaries
     }
 }
 
-/// Runs one cohort inside its span and logs its one INFO (or WARN/ERROR) line.
+/// Runs one cohort inside its span, given its project's cohort listing, and logs its
+/// one INFO (or WARN/ERROR) line. A listing that failed fails the run with its reason;
+/// refused credentials stop the whole project.
 pub async fn run_logged(
     target: &CohortTarget,
-    info: Option<&CohortInfo>,
+    listed: Result<&[CohortInfo], &AmplitudeError>,
     options: &RunOptions,
 ) -> Summary {
     use tracing::Instrument;
@@ -393,7 +381,20 @@ pub async fn run_logged(
         run_id = %options.run_id,
     );
     async {
-        let summary = run::run(target, info, options).await;
+        let summary = match listed {
+            Ok(cohorts) => {
+                let info = cohorts.iter().find(|c| c.id == target.cohort.amplitude_id);
+                run::run(target, info, options).await
+            }
+            Err(error) => {
+                let mut summary = Summary::for_target(target);
+                summary.error = Some(format!("listing the project's cohorts failed: {error}"));
+                if error.is_unauthorized() {
+                    summary.scope = Scope::Project;
+                }
+                summary
+            }
+        };
         record::log(&summary);
         summary
     }
