@@ -297,7 +297,10 @@ pub async fn health(path: &Path, addr: Option<String>) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(error) => {
-            println!("unhealthy: {url}: {}", error.without_url());
+            println!(
+                "unhealthy: {url}: {}",
+                crate::retry::describe_transport(&error.without_url())
+            );
             ExitCode::FAILURE
         }
     }
